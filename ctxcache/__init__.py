@@ -1,0 +1,48 @@
+"""ctxcache: a client's full dialog context cached in Redis, for every worker to share."""
+
+from .cache import GENERATION_UNKNOWN, ContextCache, WarmOutcome
+from .errors import (
+    ConfigurationError,
+    ContextTooLargeError,
+    CtxCacheError,
+    InvalidCompanyIdError,
+    InvalidContextError,
+    InvalidPhoneError,
+    InvalidTTLError,
+    UndecodableValueError,
+)
+from .keys import KeyLayout, validate_company_id
+from .phone import mask_phone, normalize_phone
+from .protocols import ContextLoader, VipSource
+from .settings import (
+    DIALOG_CONTEXT_TTL,
+    FULL_CONTEXT_TTL,
+    PREFERENCES_TTL,
+    CacheSettings,
+)
+from .stats import CacheStats
+
+__all__ = [
+    "DIALOG_CONTEXT_TTL",
+    "FULL_CONTEXT_TTL",
+    "GENERATION_UNKNOWN",
+    "PREFERENCES_TTL",
+    "CacheSettings",
+    "CacheStats",
+    "ConfigurationError",
+    "ContextCache",
+    "ContextLoader",
+    "ContextTooLargeError",
+    "CtxCacheError",
+    "InvalidCompanyIdError",
+    "InvalidContextError",
+    "InvalidPhoneError",
+    "InvalidTTLError",
+    "KeyLayout",
+    "UndecodableValueError",
+    "VipSource",
+    "WarmOutcome",
+    "mask_phone",
+    "normalize_phone",
+    "validate_company_id",
+]

@@ -1,0 +1,82 @@
+"""Every error ctxcache raises derives from :class:`CtxCacheError`.
+
+Errors about bad input also derive from :class:`ValueError`, so callers that
+already catch ``ValueError`` around user input keep working. Errors carry the
+context they are about, with phone numbers masked: exception messages end up
+in logs.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "ContextTooLargeError",
+    "CtxCacheError",
+    "InvalidCompanyIdError",
+    "InvalidContextError",
+    "InvalidPhoneError",
+    "InvalidTTLError",
+    "UndecodableValueError",
+]
+
+
+class CtxCacheError(Exception):
+    """Base class of every ctxcache error."""
+
+
+class ConfigurationError(CtxCacheError):
+    """A setting is invalid or a dotted path does not resolve.
+
+    Raised at start-up; ``variable`` names the environment variable to fix.
+    """
+
+    def __init__(self, message: str, *, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class InvalidPhoneError(CtxCacheError, ValueError):
+    """A phone number cannot be normalized to E.164.
+
+    ``masked`` is the offending input with most digits hidden.
+    """
+
+    def __init__(self, message: str, *, masked: str) -> None:
+        super().__init__(message)
+        self.masked = masked
+
+
+class InvalidCompanyIdError(CtxCacheError, ValueError):
+    """A company id is not a positive integer (or a string of digits)."""
+
+    def __init__(self, message: str, *, company_id: object) -> None:
+        super().__init__(message)
+        self.company_id = company_id
+
+
+class InvalidTTLError(CtxCacheError, ValueError):
+    """A TTL is not a positive number of seconds."""
+
+
+class InvalidContextError(CtxCacheError, ValueError):
+    """A context is not a JSON object or holds values JSON cannot encode.
+
+    Raised before anything is written, so a value already cached stays.
+    """
+
+
+class ContextTooLargeError(InvalidContextError):
+    """A context's serialized JSON exceeds the configured cap."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class UndecodableValueError(CtxCacheError):
+    """A value read from Redis cannot be decoded (corrupted or unknown version).
+
+    The cache treats it as a miss and removes it; it never reaches callers of
+    the get/load API.
+    """

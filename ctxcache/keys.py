@@ -1,0 +1,111 @@
+"""The key layout: the one place that builds Redis keys.
+
+The full context lives exactly at ``full_context:<company_id>:<E.164 phone>``
+(the Node service's layout), behind an optional namespace prefix applied here
+and nowhere else: the Redis client never gets a prefix of its own, so the
+spec's double-prefix bug cannot happen.
+
+Every other key of a client uses the full-context key as its Redis Cluster
+hash tag, ``{full_context:962302:+79001234567}:gen``, so all of a client's
+keys share one hash slot and each Lua script touches a single slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigurationError, InvalidCompanyIdError
+from .phone import mask_phone
+
+__all__ = ["ClientKeys", "KeyLayout", "validate_company_id"]
+
+FULL_CONTEXT_NAMESPACE = "full_context"
+VIP_REGISTRY_NAME = "ctxcache:vip"
+WARMUP_LOCK_NAME = "ctxcache:warmup:lock"
+STATS_NAME = "ctxcache:stats"
+
+# Redis integers are signed 64-bit; larger ids cannot be a database key either.
+_MAX_COMPANY_ID = 2**63 - 1
+_FORBIDDEN_PREFIX_CHARS = frozenset("{}*?[]\\ \t\r\n")
+
+
+def validate_company_id(company_id: object) -> int:
+    """Return ``company_id`` as a positive int, or raise :class:`InvalidCompanyIdError`."""
+    value: int | None = None
+    if isinstance(company_id, int) and not isinstance(company_id, bool):
+        value = company_id
+    elif isinstance(company_id, str) and company_id.isascii() and company_id.isdigit():
+        value = int(company_id)
+    if value is None or not 0 < value <= _MAX_COMPANY_ID:
+        raise InvalidCompanyIdError(
+            f"company_id must be a positive integer, got {company_id!r}", company_id=company_id
+        )
+    return value
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot be a key prefix, or None if it can."""
+    if _FORBIDDEN_PREFIX_CHARS.intersection(prefix):
+        # Braces would change the Cluster hash tag; glob characters the SCAN pattern.
+        return f"{prefix!r} must not contain braces, glob characters or white space"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKeys:
+    """All keys of one client; built only by :meth:`KeyLayout.client`."""
+
+    full_context: str
+    generation: str
+    lock: str
+    dialog: str
+    preferences: str
+    masked: str  # the full-context key with the phone masked, for logs
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """Builds every key ctxcache uses, with ``prefix`` applied exactly once."""
+
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        problem = prefix_problem(self.prefix)
+        if problem:
+            raise ConfigurationError(
+                f"CTXCACHE_KEY_PREFIX: {problem}", variable="CTXCACHE_KEY_PREFIX"
+            )
+
+    def full_context(self, company_id: int, phone: str) -> str:
+        """``<prefix>full_context:<company_id>:<phone>``; inputs must be normalized."""
+        return f"{self.prefix}{FULL_CONTEXT_NAMESPACE}:{company_id}:{phone}"
+
+    def client(self, company_id: int, phone: str) -> ClientKeys:
+        """Keys of one client; inputs must already be validated and normalized."""
+        main = self.full_context(company_id, phone)
+        tag = "{" + main + "}"
+        return ClientKeys(
+            full_context=main,
+            generation=f"{tag}:gen",
+            lock=f"{tag}:lock",
+            dialog=f"{tag}:dialog",
+            preferences=f"{tag}:prefs",
+            masked=self.full_context(company_id, mask_phone(phone)),
+        )
+
+    @property
+    def full_context_pattern(self) -> str:
+        """SCAN pattern matching every full-context key (and nothing else)."""
+        return f"{self.prefix}{FULL_CONTEXT_NAMESPACE}:*"
+
+    @property
+    def vip_registry(self) -> str:
+        return f"{self.prefix}{VIP_REGISTRY_NAME}"
+
+    @property
+    def warmup_lock(self) -> str:
+        return f"{self.prefix}{WARMUP_LOCK_NAME}"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}{STATS_NAME}"

@@ -1,0 +1,158 @@
+"""One typed settings object, read from ``CTXCACHE_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import phonenumbers
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
+from .keys import prefix_problem
+from .wire import (
+    DEFAULT_COMPRESSION_LEVEL,
+    DEFAULT_COMPRESSION_THRESHOLD,
+    DEFAULT_MAX_CONTEXT_BYTES,
+)
+
+__all__ = [
+    "DEVELOPMENT_PORT",
+    "DIALOG_CONTEXT_TTL",
+    "FULL_CONTEXT_TTL",
+    "PREFERENCES_TTL",
+    "PRODUCTION_PORT",
+    "CacheSettings",
+    "redact_url",
+]
+
+FULL_CONTEXT_TTL = 12 * 60 * 60
+DIALOG_CONTEXT_TTL = 30 * 24 * 60 * 60
+PREFERENCES_TTL = 365 * 24 * 60 * 60
+
+# The spec's ports: locally an SSH tunnel on 6380, on the server Redis itself.
+DEVELOPMENT_PORT = 6380
+PRODUCTION_PORT = 6379
+ENV_PREFIX = "CTXCACHE_"
+
+
+class CacheSettings(BaseSettings):
+    """Everything ctxcache can be told; each field is ``CTXCACHE_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    redis_url: str | None = None
+    """Wins when set; ``rediss://`` for TLS. Otherwise ``env`` picks the port."""
+    redis_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_PASSWORD", "CTXCACHE_REDIS_PASSWORD")
+    )
+    env: Literal["development", "production"] = "development"
+    key_prefix: str = ""
+
+    full_context_ttl: int = Field(default=FULL_CONTEXT_TTL, gt=0)
+    dialog_context_ttl: int = Field(default=DIALOG_CONTEXT_TTL, gt=0)
+    preferences_ttl: int = Field(default=PREFERENCES_TTL, gt=0)
+    generation_ttl: int = Field(default=7 * 24 * 60 * 60, gt=0)
+
+    socket_timeout: float = Field(default=0.25, gt=0, le=60)
+    connect_timeout: float = Field(default=0.25, gt=0, le=60)
+    breaker_threshold: int = Field(default=3, ge=1)
+    breaker_cooldown: float = Field(default=5.0, gt=0)
+
+    lock_ttl: float = Field(default=30.0, gt=0)
+    lock_wait: float = Field(default=10.0, ge=0)
+
+    compression_threshold: int = Field(default=DEFAULT_COMPRESSION_THRESHOLD, ge=0)
+    compression_level: int = Field(default=DEFAULT_COMPRESSION_LEVEL, ge=1, le=22)
+    max_context_bytes: int = Field(default=DEFAULT_MAX_CONTEXT_BYTES, gt=0)
+    phone_region: str = "RU"
+
+    # Celery side (tasks/ and celeryconfig.py).
+    broker_url: str | None = None
+    loader: str | None = None
+    vip_source: str | None = None
+    warmup_interval: float = Field(default=600.0, gt=0)
+    warmup_refresh_threshold: int = Field(default=3600, ge=0)
+    warmup_chunk_size: int = Field(default=50, ge=1)
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        region = value.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {value!r}; use a code such as RU, KZ or DE")
+        return region
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _usable_prefix(cls, value: str) -> str:
+        problem = prefix_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError("must be a URL such as redis://127.0.0.1:6379/0")
+        return value
+
+    @field_validator("lock_wait")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if value != value or value == float("inf"):
+            raise ValueError("must be a finite number of seconds")
+        return value
+
+    @classmethod
+    def load(cls, **overrides: Any) -> CacheSettings:
+        """Read the environment; a bad value raises :class:`ConfigurationError` naming it."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                field = str(error["loc"][0]) if error["loc"] else "?"
+                variable = "REDIS_PASSWORD" if field == "redis_password" else _env_name(field)
+                problems.append(f"{variable}: {error['msg']}")
+            first = str(exc.errors()[0]["loc"][0]) if exc.errors() else None
+            raise ConfigurationError(
+                "invalid ctxcache setting: " + "; ".join(problems),
+                variable=_env_name(first) if first else None,
+            ) from None
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The URL in force: ``CTXCACHE_REDIS_URL``, else the port ``CTXCACHE_ENV`` implies."""
+        if self.redis_url:
+            return self.redis_url
+        port = PRODUCTION_PORT if self.env == "production" else DEVELOPMENT_PORT
+        return f"redis://localhost:{port}/0"
+
+    @property
+    def url_reason(self) -> str:
+        """Why :attr:`effective_redis_url` is what it is, for ``doctor`` and logs."""
+        if self.redis_url:
+            return "CTXCACHE_REDIS_URL is set"
+        if self.env == "production":
+            return "CTXCACHE_ENV=production: Redis on this host, port 6379"
+        return "CTXCACHE_ENV=development (the default): the SSH tunnel port 6380"
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

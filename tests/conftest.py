@@ -1,0 +1,191 @@
+"""Shared fixtures: the real Redis (flushed per test), fakeredis, and a controllable clock.
+
+The real server comes from ``CTXCACHE_TEST_REDIS_URL`` (default db 15 of the
+local Redis). When it does not answer, integration tests skip locally and
+fail when ``CI=true``: in CI they must run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from ctxcache import CacheSettings, ContextCache
+
+TEST_REDIS_URL = os.environ.get("CTXCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+PHONE = "+79001234567"
+COMPANY = 962302
+
+
+def require_server(url: str, what: str) -> None:
+    """Skip (or fail in CI) when the server at ``url`` does not answer."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        message = f"{what} at {url} is not reachable: {exc}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: integration tests must run)")
+        pytest.skip(message)
+
+
+class FakeClock:
+    """A clock tests move by hand; ``sleep`` advances it instead of waiting."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_settings(**overrides: Any) -> CacheSettings:
+    values: dict[str, Any] = {"redis_url": TEST_REDIS_URL}
+    values.update(overrides)
+    return CacheSettings.load(**values)
+
+
+@pytest.fixture(scope="session")
+def real_redis_url() -> str:
+    require_server(TEST_REDIS_URL, "the test Redis")
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+def real_client(real_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(real_redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def real_cache(real_client: redis.Redis, clock: FakeClock) -> Iterator[ContextCache]:
+    cache = ContextCache.from_settings(make_settings(), clock=clock, sleep=clock.sleep)
+    yield cache
+    cache.close()
+
+
+@pytest.fixture
+def fake_cache(clock: FakeClock) -> ContextCache:
+    client = fakeredis.FakeRedis()
+    return ContextCache(client, make_settings(), clock=clock, sleep=clock.sleep)
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def any_cache(request: pytest.FixtureRequest) -> ContextCache:
+    """The contract suite runs against fakeredis (fast) and the real server (proof)."""
+    name = "fake_cache" if request.param == "fakeredis" else "real_cache"
+    cache: ContextCache = request.getfixturevalue(name)
+    return cache
+
+
+@pytest.fixture
+def cache_factory(real_client: redis.Redis) -> Iterator[Callable[..., ContextCache]]:
+    """Separate caches with their own connection pools, as separate workers have."""
+    made: list[ContextCache] = []
+
+    def factory(**overrides: Any) -> ContextCache:
+        clock = overrides.pop("clock", None)
+        kwargs: dict[str, Any] = {}
+        if clock is not None:
+            kwargs = {"clock": clock, "sleep": clock.sleep}
+        cache = ContextCache.from_settings(make_settings(**overrides), **kwargs)
+        made.append(cache)
+        return cache
+
+    yield factory
+    for cache in made:
+        cache.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SpareRedis:
+    """A private redis-server on a free loopback port that a test can stop and start."""
+
+    def __init__(self, directory: str) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.directory,
+                "--logfile",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"redis-server on port {self.port} did not start")
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def spare_redis(tmp_path: Any) -> Iterator[SpareRedis]:
+    server = SpareRedis(str(tmp_path))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ctxcache import ConfigurationError, ContextCache
+from ctxcache.settings import CacheSettings, redact_url
+
+
+def clear_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ["CTXCACHE_REDIS_URL", "CTXCACHE_ENV", "REDIS_PASSWORD", "CTXCACHE_KEY_PREFIX"]:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_development_is_the_default_and_uses_the_tunnel_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clear_env(monkeypatch)
+    settings = CacheSettings.load()
+    assert settings.effective_redis_url == "redis://localhost:6380/0"
+    assert "6380" in settings.url_reason
+
+
+def test_production_uses_6379(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.setenv("CTXCACHE_ENV", "production")
+    assert CacheSettings.load().effective_redis_url == "redis://localhost:6379/0"
+
+
+def test_url_wins_and_rediss_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.setenv("CTXCACHE_ENV", "production")
+    monkeypatch.setenv("CTXCACHE_REDIS_URL", "rediss://cache.internal:6390/2")
+    settings = CacheSettings.load()
+    assert settings.effective_redis_url == "rediss://cache.internal:6390/2"
+    cache = ContextCache.from_settings(settings)  # builds, connects lazily
+    assert cache.client.connection_pool.connection_kwargs["host"] == "cache.internal"
+
+
+def test_spec_password_variable_is_read_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.setenv("REDIS_PASSWORD", "s3cret-pw")
+    settings = CacheSettings.load()
+    assert settings.redis_password is not None
+    assert settings.redis_password.get_secret_value() == "s3cret-pw"
+    assert "s3cret-pw" not in repr(settings)
+    cache = ContextCache.from_settings(settings)
+    assert cache.client.connection_pool.connection_kwargs["password"] == "s3cret-pw"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CTXCACHE_SOCKET_TIMEOUT", "-1"),
+        ("CTXCACHE_ENV", "staging"),
+        ("CTXCACHE_FULL_CONTEXT_TTL", "twelve hours"),
+        ("CTXCACHE_PHONE_REGION", "XX"),
+        ("CTXCACHE_REDIS_URL", "localhost:6379"),
+        ("CTXCACHE_COMPRESSION_LEVEL", "99"),
+    ],
+)
+def test_bad_setting_fails_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as info:
+        CacheSettings.load()
+    assert variable in str(info.value)
+    assert info.value.variable == variable
+
+
+def test_bad_prefix_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.setenv("CTXCACHE_KEY_PREFIX", "{bad}")
+    with pytest.raises(ConfigurationError, match="CTXCACHE_KEY_PREFIX"):
+        ContextCache.from_settings()
+
+
+def test_redact_url_hides_passwords() -> None:
+    assert redact_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("rediss://user:pw@host/1") == "rediss://user:***@host/1"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_password_never_reaches_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.setenv("REDIS_PASSWORD", "s3cret-pw")
+    monkeypatch.setenv("CTXCACHE_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens
+    caplog.set_level(logging.DEBUG)
+    cache = ContextCache.from_settings()
+    cache.get_cached_full_context("+79001234567", 1)
+    cache.set_cached_full_context("+79001234567", 1, {"a": 1})
+    assert caplog.records
+    assert "s3cret-pw" not in caplog.text
