@@ -1,0 +1,37 @@
+"""Building the Redis client: short timeouts, no hidden retries, password from the settings."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .settings import CacheSettings
+
+__all__ = ["connect"]
+
+
+def connect(settings: CacheSettings, **overrides: Any) -> redis.Redis:
+    """A client for :attr:`CacheSettings.effective_redis_url`.
+
+    redis-py retries failed commands by default (three times, with backoff);
+    that would multiply the socket timeout a caller can wait, so retries are
+    off: the circuit breaker decides when to try again. The pool is created
+    lazily by redis-py: no connection is opened until the first command, so
+    a client built before a fork is safe as long as it is not used before it.
+    """
+    url = settings.effective_redis_url
+    options: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": "ctxcache",
+    }
+    if settings.redis_password is not None and urlsplit(url).password is None:
+        options["password"] = settings.redis_password.get_secret_value()
+    options.update(overrides)
+    pool = redis.ConnectionPool.from_url(url, **options)
+    return redis.Redis(connection_pool=pool)

@@ -1,0 +1,62 @@
+"""Pluggable parts (the context loader, the VIP source) and their resolution from dotted paths."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import ConfigurationError
+
+__all__ = ["ContextLoader", "VipSource", "resolve_callable"]
+
+
+@runtime_checkable
+class ContextLoader(Protocol):
+    """Loads a client's full context from the database.
+
+    Called with the normalized E.164 phone and the validated company id.
+    Returns a JSON object (a mapping of str keys to JSON values).
+    """
+
+    def __call__(self, phone: str, company_id: int, /) -> Mapping[str, Any]: ...
+
+
+@runtime_checkable
+class VipSource(Protocol):
+    """Returns the (phone, company_id) pairs of the VIP clients to warm up."""
+
+    def __call__(self) -> Iterable[tuple[str, int]]: ...
+
+
+def resolve_callable(path: str, *, variable: str) -> Any:
+    """Import ``package.module:function`` (or ``package.module.function``).
+
+    A wrong path raises :class:`ConfigurationError` naming ``variable``, so a
+    worker fails at start instead of at its first task.
+    """
+    module_name, sep, attribute = path.partition(":")
+    if not sep:
+        module_name, _, attribute = path.rpartition(".")
+    if not module_name or not attribute:
+        raise ConfigurationError(
+            f"{variable}={path!r} must look like 'package.module:function'", variable=variable
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{variable}={path!r}: cannot import {module_name!r}: {exc}", variable=variable
+        ) from exc
+    target = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigurationError(
+                f"{variable}={path!r}: {module_name!r} has no attribute {attribute!r}",
+                variable=variable,
+            ) from None
+    if not callable(target):
+        raise ConfigurationError(f"{variable}={path!r} is not callable", variable=variable)
+    return target
