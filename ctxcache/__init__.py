@@ -2,9 +2,11 @@
 
 from .cache import GENERATION_UNKNOWN, ContextCache, WarmOutcome
 from .errors import (
+    CacheUnavailableError,
     ConfigurationError,
     ContextTooLargeError,
     CtxCacheError,
+    InvalidationFailedError,
     InvalidCompanyIdError,
     InvalidContextError,
     InvalidPhoneError,
@@ -21,6 +23,7 @@ from .settings import (
     CacheSettings,
 )
 from .stats import CacheStats
+from .vip import VipRegistry
 
 __all__ = [
     "DIALOG_CONTEXT_TTL",
@@ -29,6 +32,7 @@ __all__ = [
     "PREFERENCES_TTL",
     "CacheSettings",
     "CacheStats",
+    "CacheUnavailableError",
     "ConfigurationError",
     "ContextCache",
     "ContextLoader",
@@ -38,8 +42,10 @@ __all__ = [
     "InvalidContextError",
     "InvalidPhoneError",
     "InvalidTTLError",
+    "InvalidationFailedError",
     "KeyLayout",
     "UndecodableValueError",
+    "VipRegistry",
     "VipSource",
     "WarmOutcome",
     "mask_phone",

@@ -212,7 +212,7 @@ class ContextCache:
         if it dies they load themselves. A result loaded while the context was
         invalidated is returned but not cached. Loader errors propagate.
         """
-        normalized, company = self._identify(phone, company_id)
+        normalized, company = self.identify(phone, company_id)
         keys = self.keys.client(company, normalized)
         cached = self._get(keys)
         if cached is not None:
@@ -232,7 +232,7 @@ class ContextCache:
             if isinstance(lease, _Unavailable):
                 # Without a generation nothing may be written: just load.
                 return self._load(loader, normalized, company, keys)
-            status, generation = int(lease[0]), lease[1].decode()
+            status, generation = int(lease[0]), _text(lease[1])
             if status == scripts.LEASE_HIT:
                 context = self._decode(keys, lease[2])
                 if context is not None:
@@ -259,7 +259,7 @@ class ContextCache:
         Writes through the same generation guard as :meth:`load_full_context`,
         so an invalidation during the warm-up wins.
         """
-        normalized, company = self._identify(phone, company_id)
+        normalized, company = self.identify(phone, company_id)
         keys = self.keys.client(company, normalized)
         threshold = (
             self.settings.warmup_refresh_threshold
@@ -276,13 +276,16 @@ class ContextCache:
             ),
         )
         if isinstance(lease, _Unavailable):
-            return WarmOutcome.UNAVAILABLE
-        status, generation = int(lease[0]), lease[1].decode()
-        if status == scripts.LEASE_HIT:
-            return WarmOutcome.FRESH
-        if status == scripts.LEASE_LOCKED:
-            return WarmOutcome.BUSY
-        return self._load_and_store(loader, normalized, company, keys, generation, token)[1]
+            outcome = WarmOutcome.UNAVAILABLE
+        elif int(lease[0]) == scripts.LEASE_HIT:
+            outcome = WarmOutcome.FRESH
+        elif int(lease[0]) == scripts.LEASE_LOCKED:
+            outcome = WarmOutcome.BUSY
+        else:
+            generation = _text(lease[1])
+            outcome = self._load_and_store(loader, normalized, company, keys, generation, token)[1]
+        self._stats.add(f"warm_{outcome.value}")
+        return outcome
 
     def stats(self) -> CacheStats:
         """This process's counters: hits, misses, hit rate, errors, loads, average load time."""
@@ -296,12 +299,13 @@ class ContextCache:
 
     def client_keys(self, phone: str, company_id: int | str) -> ClientKeys:
         """Validate the identity and return the client's keys; raises on bad input."""
-        normalized, company = self._identify(phone, company_id)
+        normalized, company = self.identify(phone, company_id)
         return self.keys.client(company, normalized)
 
     # -- internals -----------------------------------------------------------------
 
-    def _identify(self, phone: str, company_id: int | str) -> tuple[str, int]:
+    def identify(self, phone: str, company_id: int | str) -> tuple[str, int]:
+        """The normalized phone and validated company id; raises on bad input."""
         company = validate_company_id(company_id)
         if not isinstance(phone, str):
             return normalize_phone(phone, self.settings.phone_region), company

@@ -9,6 +9,7 @@ in logs.
 from __future__ import annotations
 
 __all__ = [
+    "CacheUnavailableError",
     "ConfigurationError",
     "ContextTooLargeError",
     "CtxCacheError",
@@ -16,6 +17,7 @@ __all__ = [
     "InvalidContextError",
     "InvalidPhoneError",
     "InvalidTTLError",
+    "InvalidationFailedError",
     "UndecodableValueError",
 ]
 
@@ -79,4 +81,19 @@ class UndecodableValueError(CtxCacheError):
 
     The cache treats it as a miss and removes it; it never reaches callers of
     the get/load API.
+    """
+
+
+class CacheUnavailableError(CtxCacheError):
+    """Redis could not be used for a step that must not be dropped.
+
+    Raised by the Celery tasks so that the invalidation is retried.
+    """
+
+
+class InvalidationFailedError(CtxCacheError):
+    """Neither the broker nor Redis took an invalidation after a booking.
+
+    The booking hooks raise it rather than lose the invalidation silently;
+    the stale context then lives at most until its TTL ends.
     """

@@ -75,6 +75,8 @@ class CacheSettings(BaseSettings):
     warmup_interval: float = Field(default=600.0, gt=0)
     warmup_refresh_threshold: int = Field(default=3600, ge=0)
     warmup_chunk_size: int = Field(default=50, ge=1)
+    visibility_timeout: float = Field(default=3600.0, gt=0)
+    publish_timeout: float = Field(default=2.0, gt=0)
 
     @field_validator("phone_region")
     @classmethod

@@ -22,6 +22,12 @@ class CacheStats:
     superseded: int = 0  # writes dropped because an invalidation came first
     invalidations: int = 0
     coalesced: int = 0  # misses served by another caller's load (stampede avoided)
+    # Warm-up outcomes (see WarmOutcome).
+    warm_written: int = 0
+    warm_fresh: int = 0
+    warm_busy: int = 0
+    warm_superseded: int = 0
+    warm_unavailable: int = 0
 
     @property
     def lookups(self) -> int:

@@ -1,0 +1,86 @@
+"""Celery configuration for ctxcache, loaded by ``app.config_from_object("celeryconfig")``.
+
+Lowercase setting names only. Values come from the same ``CTXCACHE_*``
+environment as the cache (see README, "Settings").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from kombu import Exchange, Queue
+
+from ctxcache.settings import CacheSettings
+
+INVALIDATE_QUEUE = "ctxcache.invalidate"
+WARMUP_QUEUE = "ctxcache.warmup"
+
+_settings = CacheSettings.load()
+
+
+def _default_broker_url(cache_url: str) -> str:
+    """The cache's Redis server, on the next database number.
+
+    Fine for development. In production give the broker its own server: an
+    LRU-evicting cache may evict broker keys (queued invalidations).
+    """
+    parts = urlsplit(cache_url)
+    db = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
+
+
+broker_url = _settings.broker_url or _default_broker_url(_settings.effective_redis_url)
+# A message not acknowledged within this many seconds is delivered again (Redis
+# broker). Retry delays and time limits below stay well under it.
+broker_transport_options: dict[str, Any] = {
+    "visibility_timeout": _settings.visibility_timeout,
+    # kombu sweeps for messages of dead workers every interval x throttle
+    # seconds (100 s by default); keep that well under the visibility timeout.
+    "unacked_restore_interval": max(1.0, min(10.0, _settings.visibility_timeout / 3)),
+    "unacked_restore_throttle": 1,
+    "socket_timeout": 5,
+    "socket_connect_timeout": _settings.publish_timeout,
+}
+broker_connection_timeout = _settings.publish_timeout
+broker_connection_retry_on_startup = True
+
+# JSON only: nothing read from the broker is ever unpickled.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+
+# Nothing reads task results.
+task_ignore_result = True
+result_backend = None
+
+# One direct exchange per queue: an invalidation is never routed to the warm-up
+# queue (or the other way round).
+task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in (INVALIDATE_QUEUE, WARMUP_QUEUE)
+)
+task_default_queue = WARMUP_QUEUE
+task_routes = {
+    "ctxcache.invalidate_context": {"queue": INVALIDATE_QUEUE},
+    "ctxcache.warm_vip_contexts": {"queue": WARMUP_QUEUE},
+    "ctxcache.warm_context": {"queue": WARMUP_QUEUE},
+}
+# Warm-ups take a loader's time each; one prefetched message per process keeps
+# a long backlog from sitting on one worker while others idle.
+worker_prefetch_multiplier = 1
+
+# Under the visibility timeout, or a running task would be delivered twice.
+task_time_limit = min(150.0, 0.9 * _settings.visibility_timeout)
+task_soft_time_limit = 0.8 * task_time_limit
+worker_send_task_events = False
+
+beat_schedule = {
+    "warm-vip-contexts": {
+        "task": "ctxcache.warm_vip_contexts",
+        "schedule": _settings.warmup_interval,
+        # A warm-up that waited a whole interval in the queue is stale: drop it.
+        "options": {"expires": _settings.warmup_interval},
+    },
+}

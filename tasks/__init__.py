@@ -1,0 +1,18 @@
+"""Celery side of ctxcache: invalidation after bookings, VIP warm-up on beat.
+
+``celery -A tasks worker`` / ``celery -A tasks beat`` use :data:`app`.
+"""
+
+from .app import INVALIDATE_TASK, WARM_ALL_TASK, WARM_ONE_TASK, app, create_app
+from .hooks import InvalidationRoute, booking_cancelled, booking_created
+
+__all__ = [
+    "INVALIDATE_TASK",
+    "WARM_ALL_TASK",
+    "WARM_ONE_TASK",
+    "InvalidationRoute",
+    "app",
+    "booking_cancelled",
+    "booking_created",
+    "create_app",
+]

@@ -1,0 +1,129 @@
+"""The Celery app and ctxcache's three tasks.
+
+``create_app()`` builds an app from ``celeryconfig`` (plus overrides) and
+registers the tasks on it; the module-level ``app`` is what
+``celery -A tasks worker`` and ``celery -A tasks beat`` use.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from celery import Celery, Task, group
+from redis import exceptions as redis_errors
+
+from ctxcache import CacheUnavailableError, CtxCacheError, mask_phone
+from ctxcache.settings import CacheSettings
+
+from . import runtime
+
+__all__ = ["INVALIDATE_TASK", "WARM_ALL_TASK", "WARM_ONE_TASK", "app", "create_app"]
+
+logger = logging.getLogger("ctxcache.tasks")
+
+INVALIDATE_TASK = "ctxcache.invalidate_context"
+WARM_ALL_TASK = "ctxcache.warm_vip_contexts"
+WARM_ONE_TASK = "ctxcache.warm_context"
+
+# Retries of an invalidation go on for about a day (longer than the 12 h TTL,
+# after which a stale context is gone anyway); each delay stays far below the
+# broker's visibility timeout.
+INVALIDATE_MAX_RETRIES = 300
+_RETRY_BACKOFF_CAP = 300
+
+
+def create_app(**overrides: Any) -> Celery:
+    """A Celery app configured from ``celeryconfig``, with ctxcache's tasks registered."""
+    celery_app = Celery("ctxcache", set_as_current=False)
+    celery_app.config_from_object("celeryconfig")
+    if overrides:
+        celery_app.conf.update(overrides)
+    _register_tasks(celery_app)
+    return celery_app
+
+
+def _chunks(items: Iterable[tuple[str, int]], size: int) -> Iterator[list[tuple[str, int]]]:
+    chunk: list[tuple[str, int]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _register_tasks(celery_app: Celery) -> None:
+    settings = CacheSettings.load()
+    backoff_cap = int(min(_RETRY_BACKOFF_CAP, settings.visibility_timeout / 4))
+
+    @celery_app.task(
+        name=INVALIDATE_TASK,
+        shared=False,  # each app gets its own tasks; no global registration
+        acks_late=True,
+        reject_on_worker_lost=True,
+        autoretry_for=(CacheUnavailableError,),
+        retry_backoff=1,
+        retry_backoff_max=max(1, backoff_cap),
+        retry_jitter=True,
+        max_retries=INVALIDATE_MAX_RETRIES,
+    )
+    def invalidate_context(phone: str, company_id: int) -> bool:
+        """Delete a client's cached context; idempotent, retried until Redis takes it."""
+        if not runtime.get_cache().invalidate_cached_context(phone, company_id):
+            raise CacheUnavailableError(
+                f"Redis did not take the invalidation of {mask_phone(phone)} / {company_id}"
+            )
+        return True
+
+    @celery_app.task(name=WARM_ALL_TASK, bind=True, shared=False)
+    def warm_vip_contexts(self: Task[[], int]) -> int:
+        """Fan out ``warm_context`` for every VIP; at most one run per warm-up interval."""
+        cache = runtime.get_cache()
+        interval = cache.settings.warmup_interval
+        try:
+            # Held for most of an interval and never released early: a second
+            # beat, or a run that overlaps, exits at once.
+            acquired = cache.client.set(
+                cache.keys.warmup_lock, secrets.token_hex(8), nx=True, px=int(interval * 900)
+            )
+        except redis_errors.RedisError as exc:
+            logger.error("warm-up skipped: Redis unavailable: %s", exc)
+            return 0
+        if not acquired:
+            logger.info("warm-up skipped: another run holds this interval")
+            return 0
+        warm_one = self.app.tasks[WARM_ONE_TASK]
+        queued = 0
+        for chunk in _chunks(
+            _valid_vips(cache, runtime.get_vip_source()()), cache.settings.warmup_chunk_size
+        ):
+            group(warm_one.s(phone, company) for phone, company in chunk).apply_async(
+                expires=interval
+            )
+            queued += len(chunk)
+        logger.info("warm-up: queued %d VIP contexts", queued)
+        return queued
+
+    @celery_app.task(name=WARM_ONE_TASK, shared=False)
+    def warm_context(phone: str, company_id: int) -> str:
+        """Load and cache one context unless it is fresh; an invalidation meanwhile wins."""
+        cache = runtime.get_cache()
+        outcome = cache.warm_full_context(phone, company_id, runtime.get_loader())
+        logger.info("warm-up of %s / %s: %s", mask_phone(phone), company_id, outcome.value)
+        return outcome.value
+
+
+def _valid_vips(cache: Any, vips: Iterable[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+    """Normalized VIPs; a bad entry is logged and skipped, not queued to fail."""
+    for phone, company_id in vips:
+        try:
+            yield cache.identify(phone, company_id)
+        except CtxCacheError as exc:
+            logger.error("skipping a VIP entry: %s", exc)
+
+
+app = create_app()

@@ -1,0 +1,113 @@
+"""Per-process state of a worker: its cache, loader and VIP source.
+
+Nothing is created at import time. The cache (and its connection pool) is made
+on first use in each process; a prefork child drops whatever it inherited in
+``worker_process_init``, so no socket is ever shared across a fork. The loader
+and the VIP source are resolved in ``worker_init`` so that a wrong dotted path
+stops the worker at start instead of failing every task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery.signals import worker_init, worker_process_init
+
+from ctxcache import ConfigurationError, ContextCache, ContextLoader, VipRegistry, VipSource
+from ctxcache.protocols import resolve_callable
+from ctxcache.settings import CacheSettings
+
+__all__ = ["configure", "get_cache", "get_loader", "get_vip_source", "reset"]
+
+logger = logging.getLogger("ctxcache.tasks")
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def configure(
+    *,
+    cache: ContextCache | None = None,
+    loader: ContextLoader | None = None,
+    vip_source: VipSource | None = None,
+) -> None:
+    """Use these objects instead of the ones the settings name (embedding, tests)."""
+    with _lock:
+        for name, value in (("cache", cache), ("loader", loader), ("vip_source", vip_source)):
+            if value is not None:
+                _state[name] = value
+
+
+def reset() -> None:
+    """Forget the process's cache, loader and VIP source; they are made again on use."""
+    with _lock:
+        _state.clear()
+
+
+def settings() -> CacheSettings:
+    with _lock:
+        if "settings" not in _state:
+            _state["settings"] = CacheSettings.load()
+        value: CacheSettings = _state["settings"]
+        return value
+
+
+def get_cache() -> ContextCache:
+    current = settings()
+    with _lock:
+        if "cache" not in _state:
+            _state["cache"] = ContextCache.from_settings(current)
+        cache: ContextCache = _state["cache"]
+        return cache
+
+
+def get_loader() -> ContextLoader:
+    current = settings()
+    with _lock:
+        if "loader" not in _state:
+            if not current.loader:
+                raise ConfigurationError(
+                    "CTXCACHE_LOADER is not set: name the function that loads a context, "
+                    "e.g. CTXCACHE_LOADER=ctxcache.sample_salon:load_context",
+                    variable="CTXCACHE_LOADER",
+                )
+            _state["loader"] = resolve_callable(current.loader, variable="CTXCACHE_LOADER")
+        loader: ContextLoader = _state["loader"]
+        return loader
+
+
+def get_vip_source() -> VipSource:
+    current = settings()
+    with _lock:
+        source = _state.get("vip_source")
+        if source is None and current.vip_source:
+            source = resolve_callable(current.vip_source, variable="CTXCACHE_VIP_SOURCE")
+            _state["vip_source"] = source
+    if source is None:
+        return VipRegistry(get_cache())
+    resolved: VipSource = source
+    return resolved
+
+
+@worker_init.connect
+def _check_configuration(**_: Any) -> None:
+    """Resolve dotted paths when the worker starts; a wrong one stops it with a clear message."""
+    try:
+        current = settings()
+        if current.loader:
+            get_loader()
+        if current.vip_source:
+            get_vip_source()
+    except ConfigurationError as exc:
+        logger.critical("ctxcache worker cannot start: %s", exc)
+        # Celery logs and swallows exceptions from signal handlers; SystemExit stops it.
+        raise SystemExit(f"ctxcache worker cannot start: {exc}") from exc
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    """A fresh connection pool in every child; the parent's sockets are not ours."""
+    with _lock:
+        _state.pop("cache", None)
