@@ -76,6 +76,10 @@ class CacheSettings(BaseSettings):
     warmup_refresh_threshold: int = Field(default=3600, ge=0)
     warmup_chunk_size: int = Field(default=50, ge=1)
     visibility_timeout: float = Field(default=3600.0, gt=0)
+
+    # Metrics: counters are pushed to Redis at most this often per process.
+    stats_flush_interval: float = Field(default=10.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     publish_timeout: float = Field(default=2.0, gt=0)
 
     @field_validator("phone_region")
