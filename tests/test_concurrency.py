@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -143,15 +144,15 @@ def test_lock_is_released_only_by_its_owner(
 def test_invalidations_racing_loads_never_leave_a_stale_value(
     cache_factory: Callable[..., ContextCache],
 ) -> None:
-    """Bookings keep committing while workers load: after the last invalidation
-    the cache holds nothing older than the last committed version."""
+    """Bookings keep committing while workers load. After each invalidation has
+    settled, the cache holds nothing older than the last committed version."""
     version = 0
     version_lock = threading.Lock()
 
     def loader(phone: str, company_id: int) -> dict[str, Any]:
         with version_lock:
             seen = version
-        time.sleep(0.002)
+        time.sleep(0.01)  # the database read; invalidations land inside it
         return {"version": seen}
 
     readers = [cache_factory() for _ in range(4)]
@@ -165,14 +166,21 @@ def test_invalidations_racing_loads_never_leave_a_stale_value(
     threads = [threading.Thread(target=read, args=(cache,)) for cache in readers]
     for thread in threads:
         thread.start()
-    for _ in range(100):
-        with version_lock:
-            version += 1  # the booking commits...
-        assert booker.invalidate_cached_context(PHONE, COMPANY)  # ...then invalidates
-        time.sleep(0.001)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=10)
-    cached = booker.get_cached_full_context(PHONE, COMPANY)
-    assert cached is None or cached["version"] == version
-    assert sum(cache.stats().loads for cache in readers) >= 1
+    rng = random.Random(7)
+    stale = []
+    try:
+        for _ in range(30):
+            time.sleep(rng.uniform(0, 0.01))
+            with version_lock:
+                version += 1  # the booking commits...
+            assert booker.invalidate_cached_context(PHONE, COMPANY)  # ...then invalidates
+            time.sleep(0.03)  # loads that began before it have finished
+            cached = booker.get_cached_full_context(PHONE, COMPANY)
+            if cached is not None and cached["version"] != version:
+                stale.append((cached["version"], version))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert stale == []
+    assert sum(cache.stats().superseded for cache in readers) >= 1
