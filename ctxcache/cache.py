@@ -17,12 +17,17 @@ from redis import exceptions as redis_errors
 from . import scripts
 from .breaker import CircuitBreaker
 from .connection import connect
-from .errors import InvalidContextError, InvalidTTLError, UndecodableValueError
+from .errors import (
+    CacheUnavailableError,
+    InvalidContextError,
+    InvalidTTLError,
+    UndecodableValueError,
+)
 from .keys import ClientKeys, KeyLayout, validate_company_id
 from .phone import normalize_phone
 from .protocols import ContextLoader
 from .settings import CacheSettings
-from .stats import CacheStats, StatsRecorder
+from .stats import CacheStats, StatsRecorder, push_deltas
 from .wire import WireCodec
 
 __all__ = ["GENERATION_UNKNOWN", "ContextCache", "WarmOutcome"]
@@ -38,7 +43,13 @@ _POLL_FIRST: Final = 0.005
 _POLL_MAX: Final = 0.05
 # Transport failures count towards the breaker; other Redis errors (a server
 # that answered with an error) are logged but say nothing about reachability.
-_TRANSPORT_ERRORS: Final = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+# A reply that is not Redis protocol (wrong port, TLS on one side only) is a
+# reachability problem too.
+_TRANSPORT_ERRORS: Final = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.InvalidResponse,
+)
 
 
 class _Unavailable:
@@ -101,7 +112,9 @@ class ContextCache:
         )
         self._clock = clock
         self._sleep = sleep
-        self._stats = StatsRecorder()
+        self._stats = StatsRecorder(
+            clock=clock, interval=self.settings.stats_flush_interval, push=self._push_stats
+        )
         self._lease = client.register_script(scripts.LEASE)
         self._warm_lease = client.register_script(scripts.WARM_LEASE)
         self._store = client.register_script(scripts.STORE_IF_GENERATION)
@@ -122,6 +135,7 @@ class ContextCache:
         return cls(connect(settings), settings, **kwargs)
 
     def close(self) -> None:
+        self.flush_stats()
         self.client.close()
         self.client.connection_pool.disconnect()
 
@@ -158,7 +172,7 @@ class ContextCache:
         value = self.codec.encode(context)
         if generation is None:
             result = self._redis(
-                "SET", keys, lambda: self.client.set(keys.full_context, value, px=ttl_ms)
+                "SET", keys.masked, lambda: self.client.set(keys.full_context, value, px=ttl_ms)
             )
             written = not isinstance(result, _Unavailable) and bool(result)
         else:
@@ -179,7 +193,7 @@ class ContextCache:
         keys = self.client_keys(phone, company_id)
         result = self._redis(
             "INVALIDATE",
-            keys,
+            keys.masked,
             lambda: self._invalidate(
                 keys=[keys.full_context, keys.generation], args=[self.settings.generation_ttl]
             ),
@@ -197,7 +211,7 @@ class ContextCache:
         cannot be read.
         """
         keys = self.client_keys(phone, company_id)
-        result = self._redis("GET", keys, lambda: self.client.get(keys.generation))
+        result = self._redis("GET", keys.masked, lambda: self.client.get(keys.generation))
         if isinstance(result, _Unavailable):
             return GENERATION_UNKNOWN
         return _text(result) if result is not None else "0"
@@ -224,7 +238,7 @@ class ContextCache:
         while True:
             lease = self._redis(
                 "LEASE",
-                keys,
+                keys.masked,
                 lambda: self._lease(
                     keys=[keys.full_context, keys.generation, keys.lock], args=[token, lock_ms]
                 ),
@@ -269,7 +283,7 @@ class ContextCache:
         token = secrets.token_hex(16)
         lease = self._redis(
             "WARM_LEASE",
-            keys,
+            keys.masked,
             lambda: self._warm_lease(
                 keys=[keys.full_context, keys.generation, keys.lock],
                 args=[token, int(self.settings.lock_ttl * 1000), int(threshold * 1000)],
@@ -290,6 +304,18 @@ class ContextCache:
     def stats(self) -> CacheStats:
         """This process's counters: hits, misses, hit rate, errors, loads, average load time."""
         return self._stats.snapshot()
+
+    def flush_stats(self) -> bool:
+        """Add this process's counts since the last flush to the shared stats hash now.
+
+        Otherwise they go at most every ``stats_flush_interval`` seconds, with a
+        cache call. ``False`` if Redis could not be used: the counts are kept.
+        """
+        return self._stats.flush()
+
+    def _push_stats(self, deltas: Mapping[str, float]) -> bool:
+        call = functools.partial(push_deltas, self.client, self.keys.stats, deltas)
+        return not isinstance(self._redis("STATS", self.keys.stats, call), _Unavailable)
 
     def ping(self) -> bool:
         try:
@@ -318,18 +344,31 @@ class ContextCache:
             raise InvalidTTLError(f"ttl must be a positive number of seconds, got {ttl!r}")
         return max(1, int(ttl * 1000))
 
-    def _redis(self, operation: str, keys: ClientKeys, call: Callable[[], T]) -> T | _Unavailable:
+    def run_guarded(self, operation: str, target: str, call: Callable[[], T]) -> T:
+        """Run a Redis ``call`` through the breaker, logging and error counters.
+
+        For code beside the cache (metrics, tools) that must know whether the
+        call happened: raises :class:`CacheUnavailableError` when it did not.
+        ``target`` names what is touched, for the log; never a raw phone.
+        """
+        result = self._redis(operation, target, call)
+        if isinstance(result, _Unavailable):
+            raise CacheUnavailableError(f"redis {operation} on {target} failed or was skipped")
+        return result
+
+    def _redis(self, operation: str, target: str, call: Callable[[], T]) -> T | _Unavailable:
         """Run ``call`` unless the breaker is open; log and swallow Redis errors."""
+        self._stats.flush_if_due()  # at most once per stats_flush_interval
         if not self.breaker.allow():
             self._stats.add("errors")
-            logger.debug("%s %s skipped: circuit breaker open", operation, keys.masked)
+            logger.debug("%s %s skipped: circuit breaker open", operation, target)
             return UNAVAILABLE
         try:
             result = call()
         except _TRANSPORT_ERRORS as exc:
             self._stats.add("errors")
             opened = self.breaker.record_failure()
-            logger.error("redis %s failed for %s: %s", operation, keys.masked, exc)
+            logger.error("redis %s failed for %s: %s", operation, target, exc)
             if opened:
                 logger.error(
                     "redis unreachable: skipping it for %.1f s (circuit breaker open)",
@@ -339,14 +378,14 @@ class ContextCache:
         except redis_errors.RedisError as exc:
             self._stats.add("errors")
             self.breaker.record_success()  # the server answered
-            logger.error("redis %s failed for %s: %s", operation, keys.masked, exc)
+            logger.error("redis %s failed for %s: %s", operation, target, exc)
             return UNAVAILABLE
         self.breaker.record_success()
         return result
 
     def _get(self, keys: ClientKeys) -> dict[str, Any] | None:
         started = time.perf_counter()
-        raw = self._redis("GET", keys, lambda: _bytes(self.client.get(keys.full_context)))
+        raw = self._redis("GET", keys.masked, lambda: _bytes(self.client.get(keys.full_context)))
         context = None if isinstance(raw, _Unavailable) else self._decode(keys, raw)
         self._count_lookup(keys, context, raw, started)
         return context
@@ -359,7 +398,7 @@ class ContextCache:
         except UndecodableValueError as exc:
             self._stats.add("corrupt")
             logger.error("removing undecodable value at %s: %s", keys.masked, exc)
-            self._redis("DEL", keys, lambda: self.client.delete(keys.full_context))
+            self._redis("DEL", keys.masked, lambda: self.client.delete(keys.full_context))
             return None
 
     def _count_lookup(
@@ -408,7 +447,9 @@ class ContextCache:
             value = self.codec.encode(context)
         except BaseException:
             if token:
-                self._redis("RELEASE", keys, lambda: self._release(keys=[keys.lock], args=[token]))
+                self._redis(
+                    "RELEASE", keys.masked, lambda: self._release(keys=[keys.lock], args=[token])
+                )
             raise
         ttl_ms = self.settings.full_context_ttl * 1000
         outcome = self._store_guarded(keys, value, ttl_ms, generation, token)
@@ -422,7 +463,7 @@ class ContextCache:
     ) -> WarmOutcome:
         result = self._redis(
             "STORE",
-            keys,
+            keys.masked,
             lambda: self._store(
                 keys=[keys.full_context, keys.generation, keys.lock],
                 args=[generation, value, ttl_ms, token],
@@ -461,7 +502,7 @@ class ContextCache:
         return self._update(keys, keys.preferences, fields, self.settings.preferences_ttl)
 
     def _get_section(self, keys: ClientKeys, section_key: str) -> dict[str, Any] | None:
-        raw = self._redis("HGETALL", keys, lambda: self.client.hgetall(section_key))
+        raw = self._redis("HGETALL", keys.masked, lambda: self.client.hgetall(section_key))
         if isinstance(raw, _Unavailable) or not raw:
             return None
         try:
@@ -469,7 +510,7 @@ class ContextCache:
         except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             self._stats.add("corrupt")
             logger.error("removing undecodable section %s of %s: %s", section_key, keys.masked, exc)
-            self._redis("DEL", keys, lambda: self.client.delete(section_key))
+            self._redis("DEL", keys.masked, lambda: self.client.delete(section_key))
             return None
 
     def _update(
@@ -492,7 +533,7 @@ class ContextCache:
             raise InvalidContextError(f"update of {size} bytes is over the cap")
         result = self._redis(
             "UPDATE",
-            keys,
+            keys.masked,
             lambda: self._update_section(
                 keys=[section_key, keys.full_context, keys.generation], args=args
             ),

@@ -1,11 +1,60 @@
-"""In-process counters behind ``ContextCache.stats()``; no Redis round trip per operation."""
+"""In-process counters behind ``ContextCache.stats()``, pushed to Redis in batches.
+
+Each operation only bumps a counter in memory. At most once per flush interval
+the counts added since the last flush go to one Redis hash (``KeyLayout.stats``)
+in a single MULTI/EXEC round trip, so every process's counts add up there and
+:mod:`ctxcache.metrics` can report the whole fleet. A flush that fails keeps
+its counts for the next one.
+"""
 
 from __future__ import annotations
 
+import bisect
+import logging
+import math
 import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from typing import Final
 
-__all__ = ["CacheStats", "StatsRecorder"]
+import redis
+
+__all__ = [
+    "COUNTER_NAMES",
+    "FLOAT_FIELDS",
+    "LOAD_BUCKETS",
+    "CacheStats",
+    "StatsRecorder",
+    "bound_label",
+    "bucket_field",
+    "parse_bucket_field",
+    "push_deltas",
+]
+
+# Upper bounds (seconds) of the load-time histogram; the last one catches everything.
+LOAD_BUCKETS: Final[tuple[float, ...]] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    math.inf,
+)
+# Hash fields of the histogram: "load_le:<bound>", each holding the loads of that
+# bucket alone (not cumulative), so the fields of many processes simply add up.
+BUCKET_FIELD_PREFIX: Final = "load_le:"
+FLOAT_FIELDS: Final = frozenset({"load_seconds"})  # HINCRBYFLOAT; the rest HINCRBY
+
+logger = logging.getLogger("ctxcache")
+
+Pusher = Callable[[Mapping[str, float]], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,24 +104,144 @@ class CacheStats:
         return data
 
 
-class StatsRecorder:
-    """Thread-safe counters; ``snapshot()`` returns a :class:`CacheStats`."""
+# The counters' hash fields are CacheStats's field names; only these are floats.
+COUNTER_NAMES: Final = tuple(f.name for f in fields(CacheStats))
 
-    def __init__(self) -> None:
+
+def bound_label(bound: float) -> str:
+    """A bucket bound as Prometheus writes it in ``le``: ``"0.005"``, ``"1.0"``, ``"+Inf"``."""
+    return "+Inf" if bound == math.inf else repr(float(bound))
+
+
+def bucket_field(bound: float) -> str:
+    """The hash field of the histogram bucket with upper bound ``bound``."""
+    return BUCKET_FIELD_PREFIX + bound_label(bound)
+
+
+def parse_bucket_field(name: str) -> float | None:
+    """The upper bound a hash field names, or None if it is not a bucket field."""
+    if not name.startswith(BUCKET_FIELD_PREFIX):
+        return None
+    try:
+        bound = float(name[len(BUCKET_FIELD_PREFIX) :])
+    except ValueError:
+        return None
+    return None if math.isnan(bound) else bound
+
+
+_BUCKET_FIELDS: Final = tuple(bucket_field(bound) for bound in LOAD_BUCKETS)
+
+
+def push_deltas(client: redis.Redis, key: str, deltas: Mapping[str, float]) -> None:
+    """Add ``deltas`` to the hash at ``key`` in one MULTI/EXEC round trip; raises on failure."""
+    pipe = client.pipeline(transaction=True)
+    for name, amount in deltas.items():
+        if name in FLOAT_FIELDS:
+            pipe.hincrbyfloat(key, name, amount)
+        else:
+            pipe.hincrby(key, name, int(amount))
+    pipe.execute()
+
+
+class StatsRecorder:
+    """Thread-safe counters; ``snapshot()`` returns a :class:`CacheStats`.
+
+    Besides the totals since the process started, the recorder keeps the
+    counts added since the last successful flush. ``push`` (given by the
+    cache) writes those somewhere and returns whether it did; the recorder
+    calls it from :meth:`flush` and, at most once per ``interval`` seconds of
+    ``clock``, from :meth:`flush_if_due`.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 10.0,
+        push: Pusher | None = None,
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._push = push
         self._lock = threading.Lock()
-        self._counts: dict[str, float] = {f.name: 0 for f in fields(CacheStats)}
+        self._flushing = threading.Lock()
+        names = (*COUNTER_NAMES, *_BUCKET_FIELDS)
+        self._counts: dict[str, float] = dict.fromkeys(names, 0)
+        self._pending: dict[str, float] = dict.fromkeys(names, 0)
+        self._next_flush = clock() + interval
 
     def add(self, name: str, amount: float = 1) -> None:
         with self._lock:
             self._counts[name] += amount
+            self._pending[name] += amount
 
     def record_load(self, seconds: float) -> None:
+        bucket = _BUCKET_FIELDS[bisect.bisect_left(LOAD_BUCKETS, seconds)]
         with self._lock:
-            self._counts["loads"] += 1
-            self._counts["load_seconds"] += seconds
+            for counts in (self._counts, self._pending):
+                counts["loads"] += 1
+                counts["load_seconds"] += seconds
+                counts[bucket] += 1
 
     def snapshot(self) -> CacheStats:
         with self._lock:
-            counts = dict(self._counts)
+            counts = {name: self._counts[name] for name in COUNTER_NAMES}
         load_seconds = counts.pop("load_seconds")
         return CacheStats(load_seconds=load_seconds, **{k: int(v) for k, v in counts.items()})
+
+    def load_buckets(self) -> dict[float, int]:
+        """This process's load-time histogram: cumulative counts by upper bound."""
+        with self._lock:
+            counts = [int(self._counts[name]) for name in _BUCKET_FIELDS]
+        total = 0
+        cumulative: dict[float, int] = {}
+        for bound, count in zip(LOAD_BUCKETS, counts, strict=True):
+            total += count
+            cumulative[bound] = total
+        return cumulative
+
+    def pending(self) -> dict[str, float]:
+        """The non-zero counts not flushed yet, by hash field."""
+        with self._lock:
+            return {name: value for name, value in self._pending.items() if value}
+
+    def flush_if_due(self) -> bool:
+        """Flush if ``interval`` has passed since the last attempt; cheap when it has not.
+
+        Never waits for a flush running in another thread. True if a flush happened
+        and succeeded.
+        """
+        if self._clock() < self._next_flush:
+            return False
+        return self.flush(wait=False)
+
+    def flush(self, *, wait: bool = True) -> bool:
+        """Push the counts since the last flush; on failure keep them for the next one.
+
+        True if they were pushed (or there was nothing to push). With
+        ``wait=False`` it returns False at once if another flush is running.
+        """
+        if self._push is None or not self._flushing.acquire(blocking=wait):
+            return False
+        try:
+            with self._lock:
+                self._next_flush = self._clock() + self.interval
+                deltas = {name: value for name, value in self._pending.items() if value}
+                for name in deltas:
+                    self._pending[name] = 0
+            if not deltas:
+                return True
+            pushed = False
+            try:
+                pushed = self._push(deltas)
+            except Exception:
+                # Metrics must never break a cache call; the counts are kept.
+                logger.exception("could not flush the cache stats")
+            finally:
+                if not pushed:
+                    with self._lock:
+                        for name, value in deltas.items():
+                            self._pending[name] += value
+            return pushed
+        finally:
+            self._flushing.release()

@@ -13,9 +13,15 @@ import logging
 import threading
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from ctxcache import ConfigurationError, ContextCache, ContextLoader, VipRegistry, VipSource
+from ctxcache.metrics import serve_metrics
 from ctxcache.protocols import resolve_callable
 from ctxcache.settings import CacheSettings
 
@@ -106,8 +112,36 @@ def _check_configuration(**_: Any) -> None:
         raise SystemExit(f"ctxcache worker cannot start: {exc}") from exc
 
 
+@worker_init.connect
+def _start_metrics(**_: Any) -> None:
+    """Serve the fleet's metrics from the worker's main process if CTXCACHE_METRICS_PORT is set."""
+    port = settings().metrics_port
+    if port is None:
+        return
+    try:
+        server = serve_metrics(get_cache(), port, "127.0.0.1")
+    except OSError as exc:  # port taken: the worker still works, without its endpoint
+        logger.error("cannot serve metrics on 127.0.0.1:%d: %s", port, exc)
+        return
+    with _lock:
+        _state["metrics_server"] = server
+
+
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     """A fresh connection pool in every child; the parent's sockets are not ours."""
     with _lock:
         _state.pop("cache", None)
+        server = _state.pop("metrics_server", None)
+    if server is not None:
+        server.socket.close()  # the listener belongs to the main process
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _flush_on_exit(**_: Any) -> None:
+    """Push the last interval's counters before the process goes; nothing else to close."""
+    with _lock:
+        cache = _state.get("cache")
+    if cache is not None:
+        cache.flush_stats()

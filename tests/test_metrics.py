@@ -1,0 +1,466 @@
+"""Fleet metrics: batched flushes to one Redis hash, cluster_stats, Prometheus, Grafana."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import urllib.request
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from conftest import COMPANY, PHONE, FakeClock, SpareRedis, free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from ctxcache import CacheStats, ContextCache, WarmOutcome
+from ctxcache.metrics import StatsCollector, cluster_stats, serve_metrics
+from ctxcache.stats import LOAD_BUCKETS, StatsRecorder, bucket_field
+from tasks import runtime
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
+OTHER = "+79001112233"
+THIRD = "+79004445566"
+Factory = Callable[..., ContextCache]
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def timed_loader(clock: FakeClock, seconds: float) -> Callable[[str, int], dict[str, Any]]:
+    """A loader that takes ``seconds`` of the fake clock."""
+
+    def load(phone: str, company_id: int) -> dict[str, Any]:
+        clock.advance(seconds)
+        return {"client": {"phone": phone}, "services": list(range(50))}
+
+    return load
+
+
+def stats_hash(client: redis.Redis, cache: ContextCache) -> dict[str, float]:
+    raw = client.hgetall(cache.keys.stats)
+    return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def minus(after: CacheStats, before: CacheStats) -> dict[str, float]:
+    """The non-zero counter differences, as the flush writes them to the hash."""
+    diff = {f.name: getattr(after, f.name) - getattr(before, f.name) for f in fields(CacheStats)}
+    return {name: value for name, value in diff.items() if value}
+
+
+def counters(data: dict[str, float]) -> dict[str, float]:
+    return {name: value for name, value in data.items() if not name.startswith("load_le:")}
+
+
+def scrape(port: int) -> tuple[str, Samples]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        content_type = response.headers["Content-Type"]
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return content_type, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+@pytest.fixture
+def spare_cache(spare_redis: SpareRedis, cache_factory: Factory, clock: FakeClock) -> ContextCache:
+    return cache_factory(redis_url=spare_redis.url, clock=clock)
+
+
+# -- the recorder alone -----------------------------------------------------------------
+
+
+def test_histogram_is_cumulative_and_counts_each_load_once() -> None:
+    pushed: list[dict[str, float]] = []
+
+    def push(deltas: Any) -> bool:
+        pushed.append(dict(deltas))
+        return True
+
+    recorder = StatsRecorder(push=push)
+    for seconds in (0.001, 0.005, 0.0051, 0.3, 7.0, 100.0):
+        recorder.record_load(seconds)
+    buckets = recorder.load_buckets()
+    assert list(buckets) == list(LOAD_BUCKETS)
+    assert buckets[0.005] == 2  # le is inclusive
+    assert buckets[0.01] == 3
+    assert buckets[0.5] == 4
+    assert buckets[10.0] == 5
+    assert buckets[math.inf] == 6 == recorder.snapshot().loads
+    counts = list(buckets.values())
+    assert counts == sorted(counts)
+    assert recorder.flush()
+    (deltas,) = pushed
+    assert sum(v for k, v in deltas.items() if k.startswith("load_le:")) == 6
+    assert deltas[bucket_field(math.inf)] == 1
+    assert deltas["loads"] == 6
+    assert deltas["load_seconds"] == pytest.approx(107.3111)
+
+
+def test_concurrent_counts_and_flushes_lose_nothing() -> None:
+    pushed: list[dict[str, float]] = []
+    lock = threading.Lock()
+    attempts = 0
+
+    def push(deltas: Any) -> bool:
+        nonlocal attempts
+        with lock:
+            attempts += 1
+            if attempts % 3 == 0:
+                return False  # a failed flush: its counts must come back
+            pushed.append(dict(deltas))
+            return True
+
+    recorder = StatsRecorder(push=push)
+
+    def work() -> None:
+        for i in range(2000):
+            recorder.add("hits")
+            if i % 100 == 0:
+                recorder.flush(wait=False)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    flushed = sum(d.get("hits", 0) for d in pushed)
+    assert flushed + recorder.pending().get("hits", 0) == 8000 == recorder.snapshot().hits
+
+
+def test_a_push_that_raises_keeps_the_counts() -> None:
+    def push(deltas: Any) -> bool:
+        raise RuntimeError("bug in a pusher")
+
+    recorder = StatsRecorder(push=push)
+    recorder.add("misses", 2)
+    assert recorder.flush() is False
+    assert recorder.pending() == {"misses": 2}
+
+
+# -- flushing from the cache ------------------------------------------------------------
+
+
+def test_flush_adds_exactly_the_counts_on_both_backends(any_cache: ContextCache) -> None:
+    any_cache.load_full_context(PHONE, COMPANY, lambda p, c: {"a": 1})
+    any_cache.get_cached_full_context(PHONE, COMPANY)
+    any_cache.invalidate_cached_context(PHONE, COMPANY)
+    assert not any_cache.client.exists(any_cache.keys.stats)  # nothing before the interval
+    assert any_cache.flush_stats() is True
+    flushed = stats_hash(any_cache.client, any_cache)
+    assert counters(flushed) == minus(any_cache.stats(), CacheStats())
+    assert flushed[bucket_field(0.005)] == 1  # the fake clock did not move: 0 s
+    assert any_cache.flush_stats() is True  # nothing new: no change
+    assert stats_hash(any_cache.client, any_cache) == flushed
+
+
+def test_no_flush_before_the_interval_then_one_round_trip(
+    spare_redis: SpareRedis, spare_cache: ContextCache, clock: FakeClock
+) -> None:
+    probe = redis.Redis.from_url(spare_redis.url)
+    spare_cache.set_cached_full_context(PHONE, COMPANY, {"a": 1})
+    for _ in range(20):
+        spare_cache.get_cached_full_context(PHONE, COMPANY)
+        spare_cache.get_cached_full_context(OTHER, COMPANY)
+    clock.advance(9.9)
+    spare_cache.get_cached_full_context(PHONE, COMPANY)
+    calls = command_calls(probe)
+    assert calls["get"] == 41
+    assert not {"multi", "exec", "hincrby", "hincrbyfloat"} & calls.keys()
+    assert not probe.exists(spare_cache.keys.stats)
+
+    clock.advance(0.1)
+    before = spare_cache.stats()
+    spare_cache.get_cached_full_context(PHONE, COMPANY)  # carries the flush
+    spare_cache.get_cached_full_context(PHONE, COMPANY)
+    calls = command_calls(probe)
+    assert calls["exec"] == 1
+    assert calls["get"] == 43
+    assert counters(stats_hash(probe, spare_cache)) == minus(before, CacheStats())
+
+    clock.advance(9.9)
+    spare_cache.get_cached_full_context(PHONE, COMPANY)
+    assert command_calls(probe)["exec"] == 1  # the interval counts from the last flush
+    assert spare_cache.flush_stats() is True
+    assert command_calls(probe)["exec"] == 2
+    assert counters(stats_hash(probe, spare_cache)) == minus(spare_cache.stats(), CacheStats())
+    probe.close()
+
+
+def test_a_flush_while_redis_is_down_keeps_the_counts_for_later(
+    spare_redis: SpareRedis, spare_cache: ContextCache, clock: FakeClock
+) -> None:
+    spare_cache.set_cached_full_context(PHONE, COMPANY, {"a": 1})
+    spare_cache.get_cached_full_context(PHONE, COMPANY)
+    assert spare_cache.flush_stats() is True
+    flushed = spare_cache.stats()
+
+    spare_redis.stop()
+    for _ in range(4):
+        assert spare_cache.get_cached_full_context(PHONE, COMPANY) is None
+    clock.advance(10)
+    assert spare_cache.get_cached_full_context(PHONE, COMPANY) is None  # its flush fails quietly
+    assert spare_cache.flush_stats() is False
+    assert spare_cache.stats().misses == 5
+
+    spare_redis.start()  # an empty server on the same port
+    clock.advance(spare_cache.breaker.cooldown)
+    assert spare_cache.flush_stats() is True
+    probe = redis.Redis.from_url(spare_redis.url)
+    arrived = counters(stats_hash(probe, spare_cache))
+    assert arrived == minus(spare_cache.stats(), flushed)
+    assert arrived["misses"] == 5
+    assert arrived["errors"] >= 5
+    assert "hits" not in arrived  # sent before the outage, not twice
+    probe.close()
+
+
+def test_close_flushes(cache_factory: Factory, real_client: redis.Redis) -> None:
+    cache = cache_factory()
+    cache.get_cached_full_context(PHONE, COMPANY)
+    cache.close()
+    assert real_client.hget(cache.keys.stats, "misses") == b"1"
+
+
+# -- cluster_stats ----------------------------------------------------------------------
+
+
+def test_cluster_stats_sums_two_workers(cache_factory: Factory, real_client: redis.Redis) -> None:
+    clock_a, clock_b = FakeClock(), FakeClock()
+    worker_a = cache_factory(clock=clock_a)
+    worker_b = cache_factory(clock=clock_b)
+    assert worker_a.client.connection_pool is not worker_b.client.connection_pool
+
+    worker_a.load_full_context(PHONE, COMPANY, timed_loader(clock_a, 0.003))
+    worker_a.get_cached_full_context(PHONE, COMPANY)
+    worker_b.load_full_context(OTHER, COMPANY, timed_loader(clock_b, 0.3))
+    worker_b.get_cached_full_context(PHONE, COMPANY)
+    worker_b.get_cached_full_context(THIRD, COMPANY)
+    worker_b.invalidate_cached_context(THIRD, COMPANY)
+
+    unflushed = cluster_stats(worker_a, flush=False)
+    assert unflushed.totals == CacheStats()
+    assert unflushed.cached_contexts == 2
+
+    clock_a.advance(10)
+    before_a = worker_a.stats()
+    worker_a.get_cached_full_context(PHONE, COMPANY)  # flushes worker A on the way
+    result = cluster_stats(worker_b)  # flushes worker B first
+    totals = result.totals
+    expected = {
+        f.name: getattr(before_a, f.name) + getattr(worker_b.stats(), f.name)
+        for f in fields(CacheStats)
+    }
+    assert {f.name: getattr(totals, f.name) for f in fields(CacheStats)} == pytest.approx(expected)
+    assert (totals.hits, totals.misses, totals.loads, totals.sets) == (2, 3, 2, 2)
+    assert totals.invalidations == 1
+    assert totals.load_seconds == pytest.approx(0.303)
+    assert totals.hit_rate == pytest.approx(0.4)
+
+    assert list(result.load_buckets) == list(LOAD_BUCKETS)
+    assert result.load_buckets[0.005] == 1
+    assert result.load_buckets[0.25] == 1
+    assert result.load_buckets[0.5] == 2
+    assert result.load_buckets[math.inf] == totals.loads == 2
+
+    keys = [worker_a.client_keys(p, COMPANY).full_context for p in (PHONE, OTHER)]
+    assert result.cached_contexts == 2
+    assert result.cached_bytes == sum(int(real_client.memory_usage(k) or 0) for k in keys)
+    assert result.cached_bytes > 0
+
+    data = orjson.loads(orjson.dumps(result.as_dict()))
+    assert data["hits"] == 2
+    assert data["load_buckets"]["+Inf"] == 2
+    assert data["cached_contexts"] == 2
+
+
+def test_cluster_stats_ignores_other_keys_and_caps_the_scan(
+    real_cache: ContextCache, real_client: redis.Redis
+) -> None:
+    phones = [f"+7900123450{i}" for i in range(8)]
+    for phone in phones:
+        real_cache.set_cached_full_context(phone, COMPANY, {"a": 1})
+        real_cache.update_dialog_context(phone, COMPANY, {"step": 1})  # not a full context
+        real_cache.set_cached_full_context(phone, COMPANY, {"a": 1})
+    real_client.set("unrelated", b"x" * 1000)
+    assert cluster_stats(real_cache).cached_contexts == 8
+    assert cluster_stats(real_cache, scan_limit=3).cached_contexts <= 3
+    with pytest.raises(ValueError, match="scan_limit"):
+        cluster_stats(real_cache, scan_limit=0)
+
+
+def test_cluster_stats_works_where_memory_usage_does_not(fake_cache: ContextCache) -> None:
+    fake_cache.set_cached_full_context(PHONE, COMPANY, {"a": "x" * 100})
+    result = cluster_stats(fake_cache)  # fakeredis has no MEMORY: STRLEN instead
+    assert result.cached_contexts == 1
+    assert result.cached_bytes == fake_cache.client.strlen(f"full_context:{COMPANY}:{PHONE}")
+    assert result.totals.sets == 1
+
+
+# -- Prometheus -------------------------------------------------------------------------
+
+
+def test_endpoint_shows_the_whole_fleet(cache_factory: Factory) -> None:
+    clock_a, clock_b = FakeClock(), FakeClock()
+    worker_a = cache_factory(clock=clock_a)
+    worker_b = cache_factory(clock=clock_b)
+    worker_a.load_full_context(PHONE, COMPANY, timed_loader(clock_a, 0.02))
+    worker_a.get_cached_full_context(PHONE, COMPANY)
+    assert worker_a.warm_full_context(OTHER, COMPANY, timed_loader(clock_a, 1.5), 60) is (
+        WarmOutcome.WRITTEN
+    )
+    assert worker_b.warm_full_context(OTHER, COMPANY, timed_loader(clock_b, 1), 60) is (
+        WarmOutcome.FRESH
+    )
+    worker_b.get_cached_full_context(THIRD, COMPANY)
+    worker_b.client.set(f"full_context:{COMPANY}:{THIRD}", b"garbage")
+    worker_b.get_cached_full_context(THIRD, COMPANY)
+    worker_b.invalidate_cached_context(PHONE, COMPANY)
+    assert worker_b.flush_stats()
+    # Nothing from worker A is flushed yet: the scrape flushes the serving process.
+
+    port = free_port()
+    server = serve_metrics(worker_a, port)
+    try:
+        content_type, samples = scrape(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert content_type.startswith("text/plain")
+    expected = cluster_stats(worker_a, flush=False)
+    totals = expected.totals
+    assert (totals.hits, totals.misses, totals.corrupt, totals.loads) == (1, 3, 1, 2)
+
+    assert value(samples, "ctxcache_redis_up") == 1
+    assert value(samples, "ctxcache_hits_total") == totals.hits
+    assert value(samples, "ctxcache_misses_total") == totals.misses
+    assert value(samples, "ctxcache_errors_total") == totals.errors == 0
+    assert value(samples, "ctxcache_corrupt_values_total") == 1
+    assert value(samples, "ctxcache_loads_total") == 2
+    assert value(samples, "ctxcache_sets_total") == totals.sets == 2
+    assert value(samples, "ctxcache_superseded_total") == 0
+    assert value(samples, "ctxcache_invalidations_total") == 1
+    assert value(samples, "ctxcache_coalesced_total") == 0
+    for outcome in WarmOutcome:
+        expected_warmups = {"written": 1, "fresh": 1}.get(outcome.value, 0)
+        assert value(samples, "ctxcache_warmups_total", outcome=outcome.value) == expected_warmups
+    assert value(samples, "ctxcache_hit_ratio") == pytest.approx(0.25)
+    assert value(samples, "ctxcache_cached_contexts") == expected.cached_contexts == 1  # OTHER
+    assert value(samples, "ctxcache_cached_bytes") == expected.cached_bytes > 0
+
+    buckets = {
+        float(dict(labels)["le"]): count
+        for (name, labels), count in samples.items()
+        if name == "ctxcache_load_seconds_bucket"
+    }
+    assert buckets == {b: float(n) for b, n in expected.load_buckets.items()}
+    assert buckets[0.01] == 0
+    assert buckets[0.025] == 1
+    assert buckets[2.5] == 2 == buckets[math.inf]
+    counts = [buckets[b] for b in sorted(buckets)]
+    assert counts == sorted(counts)
+    assert value(samples, "ctxcache_load_seconds_count") == 2
+    assert value(samples, "ctxcache_load_seconds_sum") == pytest.approx(1.52)
+
+
+def test_endpoint_when_redis_is_down_exports_no_counters(
+    spare_redis: SpareRedis, spare_cache: ContextCache
+) -> None:
+    port = free_port()
+    server = serve_metrics(spare_cache, port)
+    try:
+        spare_redis.stop()
+        _, samples = scrape(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert value(samples, "ctxcache_redis_up") == 0
+    assert ("ctxcache_hits_total", frozenset()) not in samples  # no false counter reset
+
+
+def test_worker_serves_metrics_when_the_port_is_set(
+    real_cache: ContextCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("CTXCACHE_METRICS_PORT", str(port))
+    runtime.reset()
+    runtime.configure(cache=real_cache)
+    try:
+        runtime._start_metrics()
+        server = runtime._state["metrics_server"]
+        try:
+            _, samples = scrape(port)
+        finally:
+            server.shutdown()
+        assert value(samples, "ctxcache_redis_up") == 1
+        assert server.server_address[0] == "127.0.0.1"
+        runtime._after_fork()  # a prefork child lets go of the listener
+        assert server.socket.fileno() == -1
+        assert "metrics_server" not in runtime._state
+    finally:
+        runtime.reset()
+
+
+def test_worker_without_a_port_serves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CTXCACHE_METRICS_PORT", raising=False)
+    runtime.reset()
+    try:
+        runtime._start_metrics()
+        assert "metrics_server" not in runtime._state
+    finally:
+        runtime.reset()
+
+
+# -- Grafana ----------------------------------------------------------------------------
+
+
+def test_dashboard_is_valid_and_uses_only_exported_metrics(fake_cache: ContextCache) -> None:
+    fake_cache.load_full_context(PHONE, COMPANY, lambda p, c: {"a": 1})
+    exported = {
+        sample.name for family in StatsCollector(fake_cache).collect() for sample in family.samples
+    }
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert dashboard["schemaVersion"] >= 36
+    assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    used: set[str] = set()
+    for panel in panels:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}"
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = set(re.findall(r"\bctxcache_[a-z_]+\b", target["expr"]))
+            assert names, target["expr"]
+            assert names <= exported, (panel["title"], names - exported)
+            used |= names
+    titles = " ".join(p["title"].lower() for p in panels)
+    for word in ("hit rate", "miss rate", "load time", "cache size", "invalidations", "warm-up"):
+        assert word in titles
+    assert {
+        "ctxcache_hits_total",
+        "ctxcache_misses_total",
+        "ctxcache_load_seconds_sum",
+        "ctxcache_load_seconds_count",
+        "ctxcache_load_seconds_bucket",
+        "ctxcache_cached_contexts",
+        "ctxcache_cached_bytes",
+        "ctxcache_invalidations_total",
+        "ctxcache_warmups_total",
+        "ctxcache_errors_total",
+        "ctxcache_corrupt_values_total",
+    } <= used
