@@ -174,9 +174,14 @@ def test_beat_tick_warms_every_vip(
     interval = {"CTXCACHE_WARMUP_INTERVAL": "2"}
     celery_process("worker", **interval)
     celery_process("beat", **interval)
-    wait_until(lambda: len(loads(cache.client)) == 3, 30, "three warmed contexts")
+    wait_until(
+        lambda: all(cache.client.exists(cache.client_keys(*vip).full_context) for vip in VIPS),
+        30,
+        "three warmed contexts",
+    )
     for phone, company in VIPS:
         assert cache.get_cached_full_context(phone, company) is not None
+    assert sorted(loads(cache.client).values()) == [1, 1, 1]
 
 
 def test_overlapping_warm_up_exits_without_loading(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -144,15 +143,18 @@ def test_lock_is_released_only_by_its_owner(
 def test_invalidations_racing_loads_never_leave_a_stale_value(
     cache_factory: Callable[..., ContextCache],
 ) -> None:
-    """Bookings keep committing while workers load. After each invalidation has
-    settled, the cache holds nothing older than the last committed version."""
+    """Bookings commit while workers are loading. Each round lands an invalidation
+    inside a running load; once that load is over, the cache holds nothing older
+    than the last committed version."""
     version = 0
     version_lock = threading.Lock()
+    loading = threading.Event()
 
     def loader(phone: str, company_id: int) -> dict[str, Any]:
         with version_lock:
             seen = version
-        time.sleep(0.01)  # the database read; invalidations land inside it
+        loading.set()
+        time.sleep(0.01)  # the database read; the invalidation lands inside it
         return {"version": seen}
 
     readers = [cache_factory() for _ in range(4)]
@@ -166,15 +168,16 @@ def test_invalidations_racing_loads_never_leave_a_stale_value(
     threads = [threading.Thread(target=read, args=(cache,)) for cache in readers]
     for thread in threads:
         thread.start()
-    rng = random.Random(7)
     stale = []
     try:
-        for _ in range(30):
-            time.sleep(rng.uniform(0, 0.01))
+        for _ in range(20):
+            loading.clear()
+            assert booker.invalidate_cached_context(PHONE, COMPANY)  # readers miss...
+            assert loading.wait(timeout=5)  # ...and one of them is loading now
             with version_lock:
                 version += 1  # the booking commits...
             assert booker.invalidate_cached_context(PHONE, COMPANY)  # ...then invalidates
-            time.sleep(0.03)  # loads that began before it have finished
+            time.sleep(0.05)  # the load that was running has finished
             cached = booker.get_cached_full_context(PHONE, COMPANY)
             if cached is not None and cached["version"] != version:
                 stale.append((cached["version"], version))
@@ -183,4 +186,4 @@ def test_invalidations_racing_loads_never_leave_a_stale_value(
         for thread in threads:
             thread.join(timeout=10)
     assert stale == []
-    assert sum(cache.stats().superseded for cache in readers) >= 1
+    assert sum(cache.stats().superseded for cache in readers) >= 20
