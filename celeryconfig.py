@@ -7,7 +7,6 @@ environment as the cache (see README, "Settings").
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from kombu import Exchange, Queue
 
@@ -19,18 +18,10 @@ WARMUP_QUEUE = "ctxcache.warmup"
 _settings = CacheSettings.load()
 
 
-def _default_broker_url(cache_url: str) -> str:
-    """The cache's Redis server, on the next database number.
-
-    Fine for development. In production give the broker its own server: an
-    LRU-evicting cache may evict broker keys (queued invalidations).
-    """
-    parts = urlsplit(cache_url)
-    db = int(parts.path.strip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
-
-
-broker_url = _settings.broker_url or _default_broker_url(_settings.effective_redis_url)
+# Default: the cache's server on the next database number, fine for development.
+# In production give the broker its own server: an LRU-evicting cache may evict
+# broker keys (queued invalidations).
+broker_url = _settings.effective_broker_url
 # A message not acknowledged within this many seconds is delivered again (Redis
 # broker). Retry delays and time limits below stay well under it.
 broker_transport_options: dict[str, Any] = {

@@ -98,6 +98,12 @@ class CacheSettings(BaseSettings):
             raise ValueError(problem)
         return value
 
+    @field_validator("redis_url", "broker_url", "loader", "vip_source", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # CTXCACHE_REDIS_URL= in an env file means "not set", not "a bad URL".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("redis_url", "broker_url")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:
@@ -136,6 +142,26 @@ class CacheSettings(BaseSettings):
             return self.redis_url
         port = PRODUCTION_PORT if self.env == "production" else DEVELOPMENT_PORT
         return f"redis://localhost:{port}/0"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """``CTXCACHE_BROKER_URL``, else the cache's server on a neighbouring database.
+
+        Fine for development. In production give the broker its own server: an
+        LRU-evicting cache may evict broker keys (queued invalidations).
+        """
+        if self.broker_url:
+            return self.broker_url
+        parts = urlsplit(self.effective_redis_url)
+        db = int(parts.path.strip("/") or 0)
+        neighbour = db + 1 if db < 15 else db - 1  # 16 databases by default
+        return urlunsplit(parts._replace(path=f"/{neighbour}"))
+
+    @property
+    def broker_reason(self) -> str:
+        if self.broker_url:
+            return "CTXCACHE_BROKER_URL is set"
+        return "the default: the cache's Redis server, next database number"
 
     @property
     def url_reason(self) -> str:

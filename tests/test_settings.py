@@ -96,3 +96,34 @@ def test_password_never_reaches_the_log(
     cache.set_cached_full_context("+79001234567", 1, {"a": 1})
     assert caplog.records
     assert "s3cret-pw" not in caplog.text
+
+
+def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.setenv("CTXCACHE_REDIS_URL", "")
+    monkeypatch.setenv("CTXCACHE_LOADER", " ")
+    settings = CacheSettings.load()
+    assert settings.redis_url is None
+    assert settings.loader is None
+    assert settings.effective_redis_url == "redis://localhost:6380/0"
+
+
+@pytest.mark.parametrize(
+    ("cache_url", "broker"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/1"),
+        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/1"),
+        ("rediss://:pw@cache:6390/15", "rediss://:pw@cache:6390/14"),  # no wrap to db 0
+    ],
+)
+def test_default_broker_is_a_neighbouring_database(
+    monkeypatch: pytest.MonkeyPatch, cache_url: str, broker: str
+) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.delenv("CTXCACHE_BROKER_URL", raising=False)
+    monkeypatch.setenv("CTXCACHE_REDIS_URL", cache_url)
+    settings = CacheSettings.load()
+    assert settings.effective_broker_url == broker
+    assert "default" in settings.broker_reason
+    monkeypatch.setenv("CTXCACHE_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    assert CacheSettings.load().effective_broker_url.startswith("amqp://")
