@@ -1,0 +1,162 @@
+"""``make demo`` end to end: embedded (in-process and as ``python -m ctxcache.demo``) and real.
+
+The real-mode run uses the test Redis (flushed) as the cache, a Redis broker
+db (``CTXCACHE_TEST_DEMO_BROKER``) and the ``celery -A tasks worker`` the demo
+starts itself; in CI it must run, like every integration test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import free_port, require_server
+
+from ctxcache.demo import main
+from ctxcache.sample_salon import (
+    FIRST_COMPANY_ID,
+    FIRST_PHONE,
+    create_sample_database,
+    list_vip_clients,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_BROKER = os.environ.get("CTXCACHE_TEST_DEMO_BROKER", "redis://127.0.0.1:6379/6")
+RUNS = "2"
+
+
+@pytest.fixture(scope="module")
+def salon_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One sample database for the module; each demo run adds one booking to it."""
+    return create_sample_database(tmp_path_factory.mktemp("demo") / "salon.sqlite3")
+
+
+@pytest.fixture
+def embedded_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CTXCACHE_REDIS_URL: the demo's embedded default."""
+    monkeypatch.delenv("CTXCACHE_REDIS_URL", raising=False)
+    monkeypatch.delenv("CTXCACHE_BROKER_URL", raising=False)
+
+
+def latest_booking(db: Path) -> int:
+    with closing(sqlite3.connect(db)) as conn:
+        row = conn.execute(
+            "SELECT MAX(b.id) FROM bookings b JOIN clients c ON c.id = b.client_id"
+            " WHERE c.phone = ? AND c.company_id = ? AND b.status = 'booked'",
+            (FIRST_PHONE, FIRST_COMPANY_ID),
+        ).fetchone()
+    return int(row[0])
+
+
+def running(marker: str) -> bool:
+    """Whether any process has ``marker`` in its command line."""
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in path.read_bytes():
+                return True
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return False
+
+
+def assert_story(output: str, db: Path) -> None:
+    """The facts of the story, not just an exit code; rich may wrap lines, so flatten them."""
+    text = " ".join(output.split())
+    booking = latest_booking(db)
+    assert "first load: miss, from the database" in text
+    assert "second load: hit, from the cache" in text
+    assert re.search(r"context: [\d,]+ bytes of JSON, [\d,]+ stored \(\d+%, zstd\)", text)
+    assert f"created booking #{booking} in the database" in text
+    assert re.search(r"booking_created hook: invalidation queued; key gone [\d.,]+ m?s later", text)
+    assert "next load: miss, from the database" in text
+    assert f"client.upcomingBookings now lists booking #{booking}:" in text
+    vips = list_vip_clients(db)
+    assert f"the database's {len(vips)} VIPs" in text
+    assert f"all {len(vips)} VIP contexts cached after" in text
+    assert f"worker: {len(vips) - 1} written, 1 fresh" in text  # the demo client was cached
+    for other, _ in vips[1:]:
+        assert other not in text, "other clients' phones are masked"
+    for label in ("database load", "cache load (hit)", "save (set)", "invalidation (hook"):
+        assert re.search(re.escape(label) + r".*? [\d.,]+ m?s ", text), label
+    for spec in ("~8.2 s", "~2.7 s", "~7.5 s", "< 100 ms"):
+        assert spec in text
+    assert f"ctxcache (median of {RUNS})" in text
+    assert re.search(r"hits / misses \d+ / \d+ hit rate / miss rate \d+% / \d+%", text)
+    assert "average load time" in text
+    assert text.endswith("demo finished")
+
+
+def test_embedded_demo_in_process(
+    salon_db: Path, embedded_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--db", str(salon_db), "--runs", RUNS]) == 0
+    out = capsys.readouterr().out
+    assert "Embedded mode" in out
+    assert "CTXCACHE_REDIS_URL=redis://" in out  # how to run against a real Redis
+    assert "warm-ups written / fresh 5 / 1" in " ".join(out.split())
+    assert_story(out, salon_db)
+
+
+def test_embedded_demo_as_a_module(salon_db: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"CTXCACHE_REDIS_URL", "CTXCACHE_BROKER_URL"}
+    }
+    argv = [sys.executable, "-m", "ctxcache.demo", "--db", str(salon_db), "--runs", RUNS]
+    result = subprocess.run(
+        [*argv, "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Embedded mode" in result.stdout
+    assert "fresh: had more than" not in result.stdout  # --quiet drops the explanations
+    assert_story(result.stdout, salon_db)
+
+
+@pytest.mark.celery
+def test_real_redis_and_a_worker_subprocess(
+    salon_db: Path,
+    real_client: redis.Redis,
+    real_redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    require_server(DEMO_BROKER, "the demo test's broker")
+    monkeypatch.setenv("CTXCACHE_REDIS_URL", real_redis_url)
+    monkeypatch.setenv("CTXCACHE_BROKER_URL", DEMO_BROKER)
+    assert main(["--db", str(salon_db), "--runs", RUNS]) == 0
+    out = capsys.readouterr().out
+    assert "Real mode" in out
+    assert_story(out, salon_db)
+    # The worker really ran: its log shows the tasks, and it was stopped afterwards.
+    log = (salon_db.parent / "worker.log").read_text()
+    assert "ready." in log
+    assert "ctxcache.invalidate_context" in log
+    assert log.count("warm-up of") == len(list_vip_clients(salon_db))
+    assert "Warm shutdown" in log
+    assert not running(f"ctxcache-demo-{os.getpid()}@"), "the demo's worker is still running"
+    # The warmed VIP contexts are in the real Redis (the demo client's was invalidated last).
+    vips = list_vip_clients(salon_db)
+    assert all(real_client.exists(f"full_context:{c}:{p}") for p, c in vips[1:])
+    assert not real_client.exists(f"full_context:{FIRST_COMPANY_ID}:{FIRST_PHONE}")
+    assert real_client.zcard("ctxcache:vip") == len(list_vip_clients(salon_db))
+
+
+def test_unreachable_redis_is_a_clear_error_without_the_password(
+    salon_db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("CTXCACHE_REDIS_URL", f"redis://demo:s3cret@127.0.0.1:{port}/0")
+    assert main(["--db", str(salon_db), "--runs", "1"]) == 1
+    captured = capsys.readouterr()
+    error = " ".join(captured.err.split())
+    assert f"Redis at redis://demo:***@127.0.0.1:{port}/0 (CTXCACHE_REDIS_URL) is not" in error
+    assert "unset it to run the embedded demo" in error
+    assert "s3cret" not in captured.out + captured.err
