@@ -10,6 +10,7 @@ stops the worker at start instead of failing every task.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -31,6 +32,8 @@ logger = logging.getLogger("ctxcache.tasks")
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
+# The process whose objects _state holds; a fork child has another pid.
+_owner = {"pid": os.getpid()}
 
 
 def configure(
@@ -131,6 +134,9 @@ def _start_metrics(**_: Any) -> None:
 def _after_fork(**_: Any) -> None:
     """A fresh connection pool in every child; the parent's sockets are not ours."""
     with _lock:
+        if _owner["pid"] == os.getpid():
+            return  # solo and thread pools send this signal without forking
+        _owner["pid"] = os.getpid()
         _state.pop("cache", None)
         server = _state.pop("metrics_server", None)
     if server is not None:

@@ -310,3 +310,13 @@ def test_worker_with_a_wrong_dotted_path_stops_at_start(
     assert code != 0
     assert variable in worker.log()
     assert "ready." not in worker.log()
+
+
+def test_pools_that_do_not_fork_keep_the_configured_cache(
+    cache: ContextCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime._after_fork()  # solo and thread pools send worker_process_init in-process
+    assert runtime.get_cache() is cache
+    monkeypatch.setitem(runtime._owner, "pid", -1)  # a forked child: the parent's pool goes
+    runtime._after_fork()
+    assert runtime.get_cache() is not cache

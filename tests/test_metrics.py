@@ -407,6 +407,7 @@ def test_worker_serves_metrics_when_the_port_is_set(
             server.shutdown()
         assert value(samples, "ctxcache_redis_up") == 1
         assert server.server_address[0] == "127.0.0.1"
+        monkeypatch.setitem(runtime._owner, "pid", -1)  # as if this were a forked child
         runtime._after_fork()  # a prefork child lets go of the listener
         assert server.socket.fileno() == -1
         assert "metrics_server" not in runtime._state
