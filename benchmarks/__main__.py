@@ -12,6 +12,8 @@ from typing import Any
 # Registering a suite is one line here.
 SUITES: dict[str, str] = {
     "core": "benchmarks.core",
+    "celery": "benchmarks.celery_tasks",
+    "peers": "benchmarks.peers",
 }
 
 

@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["memory"] = measure_memory(cache, floor, admin, raw_json, context, contexts)
         results["spec"] = spec_comparison(results)
     finally:
+        cache.close()  # first: closing flushes the cache's counters to the db
         admin.flushdb()
-        cache.close()
         floor.close()
         admin.close()
     print(report(results))
