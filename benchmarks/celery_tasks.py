@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import platform
 import signal
@@ -43,14 +42,13 @@ from celery import Celery
 from redis.client import PubSub
 
 import tasks
-from benchmarks.core import cpu_model, table
+from benchmarks.common import cpu_model, table, write_results
 from benchmarks.loaders import LOAD_SECONDS, fixture_context
 from ctxcache import ContextCache, VipRegistry
 from ctxcache.settings import redact_url
 from tasks import runtime
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CACHE_URL = "redis://127.0.0.1:6379/12"
 REDIS_BROKER_URL = "redis://127.0.0.1:6379/11"
 VHOST = "ctxcache_bench"
@@ -120,9 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         admin.close()
         broker_admin.close()
     print(report(results))
-    RESULTS_DIR.mkdir(exist_ok=True)
-    out = RESULTS_DIR / ("celery.quick.json" if quick else "celery.json")
-    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = write_results("celery", quick, results)
     print(f"\nfigures written to {out}")
     return results
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -30,12 +29,20 @@ import orjson
 import redis
 import zstandard
 
+from benchmarks.common import (
+    cpu_model,
+    iteration_options,
+    load_fixture,
+    ms,
+    scratch_client,
+    summary,
+    table,
+    write_results,
+)
 from ctxcache import ContextCache
 from ctxcache.settings import redact_url
 
 DEFAULT_URL = "redis://127.0.0.1:6379/14"
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/full_context_300k.json"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 PHONE = "+79001234567"
 COMPANY_ID = 962302
@@ -52,20 +59,14 @@ SPEC_SAVE_S = 7.5  # the spec's "save to Redis, serialization included"
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the suite, print the report, write ``results/core[.quick].json``; return the figures."""
-    quick = bool(getattr(args, "quick", False))
-    iterations = getattr(args, "iterations", None) or (30 if quick else 300)
-    warmup = max(5, iterations // 10)
+    quick, iterations, warmup = iteration_options(args)
     contexts = 100 if quick else 1000
     url = os.environ.get("CTXCACHE_BENCH_REDIS_URL", DEFAULT_URL)
-    fixture = Path(os.environ.get("CTXCACHE_FIXTURE", FIXTURE))
-    raw_json = fixture.read_bytes()
-    context: dict[str, Any] = orjson.loads(raw_json)
+    fixture, raw_json, context = load_fixture()
 
-    admin = redis.Redis.from_url(url)  # INFO, FLUSHDB, MEMORY USAGE
+    admin = scratch_client(url)  # INFO, FLUSHDB, MEMORY USAGE
     floor = redis.Redis.from_url(url)  # the floor's client, as a typical user builds it
     cache = ContextCache.from_url(url)
-    if admin.connection_pool.connection_kwargs.get("db", 0) == 0:
-        raise SystemExit(f"{redact_url(url)}: choose a database other than 0; it is flushed")
     admin.flushdb()
     try:
         results: dict[str, Any] = {
@@ -87,9 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         floor.close()
         admin.close()
     print(report(results))
-    RESULTS_DIR.mkdir(exist_ok=True)
-    out = RESULTS_DIR / ("core.quick.json" if quick else "core.json")
-    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = write_results("core", quick, results)
     print(f"\nfigures written to {out}")
     return results
 
@@ -330,20 +329,6 @@ def spec_comparison(results: dict[str, Any]) -> dict[str, Any]:
 # -- environment and report --------------------------------------------------------------
 
 
-def summary(ns: list[int]) -> dict[str, float]:
-    ms = [n / 1e6 for n in ns]
-    p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]
-    return {"median_ms": round(statistics.median(ms), 4), "p90_ms": round(p90, 4), "n": len(ms)}
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def environment(admin: redis.Redis, url: str, fixture: Path, size: int) -> dict[str, Any]:
     versions = {
         name: metadata.version(name) for name in ("redis", "hiredis", "orjson", "zstandard")
@@ -361,22 +346,8 @@ def environment(admin: redis.Redis, url: str, fixture: Path, size: int) -> dict[
     }
 
 
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def mark(ok: bool) -> str:
     return "PASS" if ok else "MISS"
-
-
-def ms(value: float) -> str:
-    return f"{value:.3f} ms"
 
 
 def report(r: dict[str, Any]) -> str:

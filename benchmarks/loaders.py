@@ -7,26 +7,20 @@ throughput can be set against the ideal (worker processes / load time).
 from __future__ import annotations
 
 import functools
-import os
 import time
-from pathlib import Path
 from typing import Any
 
-import orjson
+from benchmarks.common import load_fixture
 
-__all__ = ["FIXTURE", "LOAD_SECONDS", "fixed_20ms", "fixture_context"]
+__all__ = ["LOAD_SECONDS", "fixed_20ms", "fixture_context"]
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/full_context_300k.json"
 LOAD_SECONDS = 0.02
 
 
 @functools.cache
 def fixture_context() -> dict[str, Any]:
     """The ~300 KB fixture context (``CTXCACHE_FIXTURE`` overrides), read once per process."""
-    context: dict[str, Any] = orjson.loads(
-        Path(os.environ.get("CTXCACHE_FIXTURE", FIXTURE)).read_bytes()
-    )
-    return context
+    return load_fixture()[2]
 
 
 def fixed_20ms(phone: str, company_id: int) -> dict[str, Any]:

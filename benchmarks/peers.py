@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import orjson
 import redis
 import redis.asyncio.connection
 import redis.connection
@@ -45,7 +44,17 @@ from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from benchmarks.core import FIXTURE, RESULTS_DIR, cpu_model, ms, summary, table
+from benchmarks.common import (
+    RESULTS_DIR,
+    cpu_model,
+    iteration_options,
+    load_fixture,
+    ms,
+    scratch_client,
+    summary,
+    table,
+    write_results,
+)
 from ctxcache import ContextCache
 from ctxcache.settings import redact_url
 
@@ -88,18 +97,12 @@ class Contender:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the suite, print the report, write ``results/peers[.quick].{json,png}``."""
-    quick = bool(getattr(args, "quick", False))
-    iterations = getattr(args, "iterations", None) or (30 if quick else 300)
-    warmup = max(5, iterations // 10)
+    quick, iterations, warmup = iteration_options(args)
     count = 100 if quick else 1000
     url = os.environ.get("CTXCACHE_BENCH_PEERS_REDIS_URL", DEFAULT_URL)
-    fixture = Path(os.environ.get("CTXCACHE_FIXTURE", FIXTURE))
-    raw_json = fixture.read_bytes()
-    context: dict[str, Any] = orjson.loads(raw_json)
+    fixture, raw_json, context = load_fixture()
 
-    admin = redis.Redis.from_url(url)  # INFO, FLUSHDB, GET of stored values, MEMORY USAGE
-    if admin.connection_pool.connection_kwargs.get("db", 0) == 0:
-        raise SystemExit(f"{redact_url(url)}: choose a database other than 0; it is flushed")
+    admin = scratch_client(url)  # INFO, FLUSHDB, GET of stored values, MEMORY USAGE
     admin.flushdb()
     try:
         results: dict[str, Any] = {
@@ -122,11 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         admin.flushdb()
         admin.close()
     print(report(results))
-    RESULTS_DIR.mkdir(exist_ok=True)
-    stem = "peers.quick" if quick else "peers"
-    (RESULTS_DIR / f"{stem}.json").write_text(
-        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    stem = write_results("peers", quick, results).stem
     chart(results, RESULTS_DIR / f"{stem}.png")
     print(f"\nfigures written to {RESULTS_DIR / stem}.json and {stem}.png")
     return results
