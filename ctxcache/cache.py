@@ -149,7 +149,8 @@ class ContextCache:
 
     def get_cached_full_context(self, phone: str, company_id: int | str) -> dict[str, Any] | None:
         """The cached context, or ``None`` on a miss, a corrupt value or a Redis failure."""
-        return self._get(self.client_keys(phone, company_id))
+        cached = self._get(self.client_keys(phone, company_id))
+        return None if isinstance(cached, _Unavailable) else cached
 
     def set_cached_full_context(
         self,
@@ -229,6 +230,10 @@ class ContextCache:
         normalized, company = self.identify(phone, company_id)
         keys = self.keys.client(company, normalized)
         cached = self._get(keys)
+        if isinstance(cached, _Unavailable):
+            # Redis just failed: do not spend another timeout on the lease, and
+            # without a generation nothing may be written. Just load.
+            return self._load(loader, normalized, company, keys)
         if cached is not None:
             return cached
         token = secrets.token_hex(16)
@@ -383,12 +388,13 @@ class ContextCache:
         self.breaker.record_success()
         return result
 
-    def _get(self, keys: ClientKeys) -> dict[str, Any] | None:
+    def _get(self, keys: ClientKeys) -> dict[str, Any] | _Unavailable | None:
+        """The context, None on a miss, or UNAVAILABLE when Redis failed (also a miss)."""
         started = time.perf_counter()
         raw = self._redis("GET", keys.masked, lambda: _bytes(self.client.get(keys.full_context)))
         context = None if isinstance(raw, _Unavailable) else self._decode(keys, raw)
         self._count_lookup(keys, context, raw, started)
-        return context
+        return UNAVAILABLE if isinstance(raw, _Unavailable) else context
 
     def _decode(self, keys: ClientKeys, raw: bytes | None) -> dict[str, Any] | None:
         if raw is None:

@@ -112,8 +112,9 @@ def test_silent_redis_costs_at_most_the_socket_timeout_per_call(
         )
     )
     durations = exercise(cache)
-    # The load calls Redis twice (GET, then the lease), the others once; no retries.
-    assert all(d < 2 * 0.2 + 0.3 for d in durations), durations
+    # One timeout per call at most: no retries, and a load skips the lease once
+    # its GET failed. The margin is for a busy machine, not for a second wait.
+    assert all(d < 0.2 + 0.15 for d in durations), durations
     assert min(durations) >= 0.15  # each really waited on the silent server
 
 
