@@ -5,6 +5,11 @@ hash slot (see :mod:`ctxcache.keys`). The generation key is a counter that
 every invalidation increments: a writer that read generation ``g`` before
 loading may write only while the counter still reads ``g`` (a lease, as in
 Facebook's memcache). A missing counter reads as ``"0"``.
+
+A counter that expired (or was evicted) must never come back with a value a
+writer may still hold, or a load that began before the invalidation would
+match again. So an invalidation that finds no counter seeds it from the
+server's clock in microseconds, far above any value handed out before.
 """
 
 from __future__ import annotations
@@ -92,6 +97,10 @@ return 0
 # KEYS[1] full context, KEYS[2] generation; ARGV[1] generation ttl in s
 # -> number of values deleted (0 or 1)
 INVALIDATE: Final = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+end
 redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return redis.call('DEL', KEYS[1])
@@ -106,6 +115,10 @@ return redis.call('DEL', KEYS[1])
 UPDATE_SECTION: Final = """
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
+end
 redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 redis.call('DEL', KEYS[2])

@@ -302,3 +302,30 @@ def test_a_hit_costs_one_round_trip(
     monkeypatch.setattr(connection_class, "send_packed_command", counting)
     assert real_cache.get_cached_full_context(PHONE, COMPANY) is not None
     assert len(sent) == 1
+
+
+def test_an_expired_generation_never_comes_back_with_a_leased_value(
+    any_cache: ContextCache,
+) -> None:
+    """The counter expires (or is evicted) while a load runs, then a booking
+    invalidates: the load's write must still be dropped."""
+    keys = any_cache.client_keys(PHONE, COMPANY)
+    assert any_cache.invalidate_cached_context(PHONE, COMPANY)  # a rare client: counter set once
+
+    def loader(phone: str, company_id: int) -> dict[str, Any]:
+        any_cache.client.delete(keys.generation)  # its TTL ran out meanwhile
+        assert any_cache.invalidate_cached_context(phone, company_id)  # the booking
+        return {"bookings": ["before the booking"]}
+
+    any_cache.load_full_context(PHONE, COMPANY, loader)
+    assert not any_cache.client.exists(KEY)
+    assert any_cache.stats().superseded == 1
+
+
+def test_generations_are_never_small_reusable_numbers(any_cache: ContextCache) -> None:
+    assert any_cache.current_generation(PHONE, COMPANY) == "0"  # never invalidated
+    any_cache.invalidate_cached_context(PHONE, COMPANY)
+    first = int(any_cache.current_generation(PHONE, COMPANY))
+    assert first > 10**15  # seeded from the server clock in microseconds
+    any_cache.invalidate_cached_context(PHONE, COMPANY)
+    assert int(any_cache.current_generation(PHONE, COMPANY)) == first + 1
