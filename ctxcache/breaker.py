@@ -68,6 +68,11 @@ class CircuitBreaker:
             self._opened_at = None
             self._trial_in_flight = False
 
+    def release_trial(self) -> None:
+        """The trial call ended without an answer either way (it was interrupted)."""
+        with self._lock:
+            self._trial_in_flight = False
+
     def record_failure(self) -> bool:
         """Count a failure; return True if this one opened the breaker."""
         with self._lock:

@@ -363,7 +363,6 @@ class ContextCache:
 
     def _redis(self, operation: str, target: str, call: Callable[[], T]) -> T | _Unavailable:
         """Run ``call`` unless the breaker is open; log and swallow Redis errors."""
-        self._stats.flush_if_due()  # at most once per stats_flush_interval
         if not self.breaker.allow():
             self._stats.add("errors")
             logger.debug("%s %s skipped: circuit breaker open", operation, target)
@@ -385,7 +384,15 @@ class ContextCache:
             self.breaker.record_success()  # the server answered
             logger.error("redis %s failed for %s: %s", operation, target, exc)
             return UNAVAILABLE
+        except BaseException:
+            # Interrupted (a Celery soft time limit, Ctrl-C): a half-open breaker
+            # must not wait for this trial's verdict for ever.
+            self.breaker.release_trial()
+            raise
         self.breaker.record_success()
+        # At most once per stats_flush_interval, after this call's own command
+        # succeeded: the counters ride along instead of costing a call of their own.
+        self._stats.flush_if_due()
         return result
 
     def _get(self, keys: ClientKeys) -> dict[str, Any] | _Unavailable | None:

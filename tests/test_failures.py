@@ -166,3 +166,19 @@ def test_breaker_closes_when_redis_comes_back(spare_redis: SpareRedis, clock: Fa
     assert cache.set_cached_full_context(PHONE, COMPANY, {"back": True})
     assert cache.breaker.state is BreakerState.CLOSED
     assert cache.get_cached_full_context(PHONE, COMPANY) == {"back": True}
+
+
+def test_an_interrupted_trial_call_does_not_wedge_the_breaker(
+    real_cache: ContextCache, clock: FakeClock
+) -> None:
+    real_cache.breaker.threshold = 1
+    real_cache.breaker.record_failure()
+    clock.advance(real_cache.breaker.cooldown)  # half-open: the next call is the trial
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt  # e.g. Celery's soft time limit, mid-command
+
+    with pytest.raises(KeyboardInterrupt):
+        real_cache.run_guarded("GET", "trial", interrupted)
+    assert real_cache.set_cached_full_context(PHONE, COMPANY, {"a": 1})  # a new trial went
+    assert real_cache.breaker.state is BreakerState.CLOSED
