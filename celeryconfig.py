@@ -30,6 +30,10 @@ broker_transport_options: dict[str, Any] = {
     # seconds (100 s by default); keep that well under the visibility timeout.
     "unacked_restore_interval": max(1.0, min(10.0, _settings.visibility_timeout / 3)),
     "unacked_restore_throttle": 1,
+    # RabbitMQ: wait for the broker to confirm each publish, so a booking hook
+    # never reports QUEUED for a message the broker did not take (the Redis
+    # transport ignores this option).
+    "confirm_publish": True,
     "socket_timeout": 5,
     "socket_connect_timeout": _settings.publish_timeout,
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import phonenumbers
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -155,7 +155,12 @@ class CacheSettings(BaseSettings):
         parts = urlsplit(self.effective_redis_url)
         db = int(parts.path.strip("/") or 0)
         neighbour = db + 1 if db < 15 else db - 1  # 16 databases by default
-        return urlunsplit(parts._replace(path=f"/{neighbour}"))
+        netloc = parts.netloc
+        if self.redis_password is not None and parts.password is None:
+            # The cache client gets REDIS_PASSWORD separately; the broker only has a URL.
+            secret = quote(self.redis_password.get_secret_value(), safe="")
+            netloc = f"{parts.username or ''}:{secret}@{netloc.rpartition('@')[2]}"
+        return urlunsplit(parts._replace(netloc=netloc, path=f"/{neighbour}"))
 
     @property
     def broker_reason(self) -> str:
@@ -180,11 +185,11 @@ def _env_name(field: str) -> str:
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, safe to log."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    query = parts.query
+    if query:  # redis-py also takes ?password=...
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -28,10 +28,11 @@ INVALIDATE_TASK = "ctxcache.invalidate_context"
 WARM_ALL_TASK = "ctxcache.warm_vip_contexts"
 WARM_ONE_TASK = "ctxcache.warm_context"
 
-# Retries of an invalidation go on for about a day (longer than the 12 h TTL,
-# after which a stale context is gone anyway); each delay stays far below the
-# broker's visibility timeout.
-INVALIDATE_MAX_RETRIES = 300
+# Retries of an invalidation go on for about a day, longer than the 12 h TTL
+# after which a stale context is gone anyway: with full jitter the capped delay
+# averages half the 300 s cap, so 600 retries span ~25 h. Each delay stays far
+# below the broker's visibility timeout.
+INVALIDATE_MAX_RETRIES = 600
 _RETRY_BACKOFF_CAP = 300
 
 

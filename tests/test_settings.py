@@ -127,3 +127,19 @@ def test_default_broker_is_a_neighbouring_database(
     assert "default" in settings.broker_reason
     monkeypatch.setenv("CTXCACHE_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
     assert CacheSettings.load().effective_broker_url.startswith("amqp://")
+
+
+def test_default_broker_carries_the_spec_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.delenv("CTXCACHE_BROKER_URL", raising=False)
+    monkeypatch.setenv("CTXCACHE_REDIS_URL", "redis://10.0.0.5:6379/0")
+    monkeypatch.setenv("REDIS_PASSWORD", "s3cret/pw")
+    settings = CacheSettings.load()
+    assert settings.effective_broker_url == "redis://:s3cret%2Fpw@10.0.0.5:6379/1"
+    assert "s3cret" not in redact_url(settings.effective_broker_url)
+
+
+def test_redact_url_hides_a_password_in_the_query() -> None:
+    redacted = redact_url("redis://127.0.0.1:6379/0?password=s3cret&db=2")
+    assert "s3cret" not in redacted
+    assert "db=2" in redacted
