@@ -93,18 +93,28 @@ end
 return 0
 """
 
+
+def _void_leases(generation: str, ttl: str, full_context: str) -> str:
+    """Lua that bumps a client's generation and deletes its full context.
+
+    Shared by every script that invalidates; the arguments name the KEYS and
+    ARGV slots. A missing counter is seeded from the server clock first.
+    """
+    return f"""
+if redis.call('EXISTS', {generation}) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', {generation}, now[1] .. string.format('%06d', tonumber(now[2])))
+end
+redis.call('INCR', {generation})
+redis.call('EXPIRE', {generation}, {ttl})
+local deleted = redis.call('DEL', {full_context})
+"""
+
+
 # Deletes the value and voids every lease handed out before.
 # KEYS[1] full context, KEYS[2] generation; ARGV[1] generation ttl in s
 # -> number of values deleted (0 or 1)
-INVALIDATE: Final = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local now = redis.call('TIME')
-  redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
-end
-redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return redis.call('DEL', KEYS[1])
-"""
+INVALIDATE: Final = _void_leases("KEYS[2]", "ARGV[1]", "KEYS[1]") + "return deleted\n"
 
 # Merges fields into a client's section hash (dialog context, preferences)
 # and invalidates the full context in the same step, so no reader can see the
@@ -112,15 +122,11 @@ return redis.call('DEL', KEYS[1])
 # KEYS[1] section hash, KEYS[2] full context, KEYS[3] generation
 # ARGV[1] section ttl in s, ARGV[2] generation ttl in s, ARGV[3..] field, value, ...
 # -> 1
-UPDATE_SECTION: Final = """
+UPDATE_SECTION: Final = (
+    """
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  local now = redis.call('TIME')
-  redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
-end
-redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
-redis.call('DEL', KEYS[2])
-return 1
 """
+    + _void_leases("KEYS[3]", "ARGV[2]", "KEYS[2]")
+    + "return 1\n"
+)
