@@ -112,6 +112,7 @@ class ContextCache:
         )
         self._clock = clock
         self._sleep = sleep
+        self._lock_ms = int(self.settings.lock_ttl * 1000)
         self._stats = StatsRecorder(
             clock=clock, interval=self.settings.stats_flush_interval, push=self._push_stats
         )
@@ -239,14 +240,11 @@ class ContextCache:
         token = secrets.token_hex(16)
         deadline = self._clock() + self.settings.lock_wait
         delay = _POLL_FIRST
-        lock_ms = int(self.settings.lock_ttl * 1000)
         while True:
             lease = self._redis(
                 "LEASE",
                 keys.masked,
-                lambda: self._lease(
-                    keys=[keys.full_context, keys.generation, keys.lock], args=[token, lock_ms]
-                ),
+                lambda: self._lease(keys=keys.lease, args=[token, self._lock_ms]),
             )
             if isinstance(lease, _Unavailable):
                 # Without a generation nothing may be written: just load.
@@ -290,8 +288,7 @@ class ContextCache:
             "WARM_LEASE",
             keys.masked,
             lambda: self._warm_lease(
-                keys=[keys.full_context, keys.generation, keys.lock],
-                args=[token, int(self.settings.lock_ttl * 1000), int(threshold * 1000)],
+                keys=keys.lease, args=[token, self._lock_ms, int(threshold * 1000)]
             ),
         )
         if isinstance(lease, _Unavailable):
@@ -464,8 +461,7 @@ class ContextCache:
                     "RELEASE", keys.masked, lambda: self._release(keys=[keys.lock], args=[token])
                 )
             raise
-        ttl_ms = self.settings.full_context_ttl * 1000
-        outcome = self._store_guarded(keys, value, ttl_ms, generation, token)
+        outcome = self._store_guarded(keys, value, self._ttl_ms(None), generation, token)
         if outcome is WarmOutcome.WRITTEN:
             self._stats.add("sets")
             logger.info("cached %s (%d bytes stored)", keys.masked, len(value))
@@ -478,7 +474,7 @@ class ContextCache:
             "STORE",
             keys.masked,
             lambda: self._store(
-                keys=[keys.full_context, keys.generation, keys.lock],
+                keys=keys.lease,
                 args=[generation, value, ttl_ms, token],
             ),
         )

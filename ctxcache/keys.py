@@ -62,6 +62,11 @@ class ClientKeys:
     preferences: str
     masked: str  # the full-context key with the phone masked, for logs
 
+    @property
+    def lease(self) -> list[str]:
+        """KEYS of the lease and store scripts: full context, generation, lock."""
+        return [self.full_context, self.generation, self.lock]
+
 
 @dataclass(frozen=True, slots=True)
 class KeyLayout:

@@ -32,39 +32,46 @@ LEASE_HIT: Final = 0
 LEASE_WON: Final = 1
 LEASE_LOCKED: Final = 2
 
-# Called after a miss. Returns the value if it appeared meanwhile; otherwise
-# tries to take the load lock. Always returns the current generation.
-# KEYS[1] full context, KEYS[2] generation, KEYS[3] load lock
-# ARGV[1] lock token, ARGV[2] lock ttl in ms
-# -> {LEASE_HIT, gen, value} | {LEASE_WON, gen} | {LEASE_LOCKED, gen}
-LEASE: Final = """
-local gen = redis.call('GET', KEYS[2]) or '0'
-local value = redis.call('GET', KEYS[1])
-if value then
-  return {0, gen, value}
-end
+# The end of both lease scripts: take the load lock (token KEYS[3] <- ARGV[1],
+# expiring after ARGV[2] ms) or report that another caller holds it.
+_TAKE_LOAD_LOCK: Final = """
 if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, gen}
 end
 return {2, gen}
 """
 
+# Called after a miss. Returns the value if it appeared meanwhile; otherwise
+# tries to take the load lock. Always returns the current generation.
+# KEYS[1] full context, KEYS[2] generation, KEYS[3] load lock
+# ARGV[1] lock token, ARGV[2] lock ttl in ms
+# -> {LEASE_HIT, gen, value} | {LEASE_WON, gen} | {LEASE_LOCKED, gen}
+LEASE: Final = (
+    """
+local gen = redis.call('GET', KEYS[2]) or '0'
+local value = redis.call('GET', KEYS[1])
+if value then
+  return {0, gen, value}
+end
+"""
+    + _TAKE_LOAD_LOCK
+)
+
 # For warm-ups: a value whose remaining TTL is above the threshold is fresh
 # and skipped; otherwise the load lock is taken as in LEASE.
 # KEYS[1] full context, KEYS[2] generation, KEYS[3] load lock
 # ARGV[1] lock token, ARGV[2] lock ttl in ms, ARGV[3] refresh threshold in ms
 # -> {LEASE_HIT, gen} (fresh) | {LEASE_WON, gen} | {LEASE_LOCKED, gen}
-WARM_LEASE: Final = """
+WARM_LEASE: Final = (
+    """
 local gen = redis.call('GET', KEYS[2]) or '0'
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl == -1 or ttl > tonumber(ARGV[3]) then
   return {0, gen}
 end
-if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, gen}
-end
-return {2, gen}
 """
+    + _TAKE_LOAD_LOCK
+)
 
 # Writes the value only if no invalidation happened since the writer read the
 # generation, then releases the writer's lock if it still owns it.
