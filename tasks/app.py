@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery, Task, group
 from redis import exceptions as redis_errors
 
-from ctxcache import CacheUnavailableError, CtxCacheError, mask_phone
+from ctxcache import CacheUnavailableError, ContextCache, CtxCacheError, mask_phone
 from ctxcache.settings import CacheSettings
 
 from . import runtime
@@ -118,7 +118,7 @@ def _register_tasks(celery_app: Celery) -> None:
         return outcome.value
 
 
-def _valid_vips(cache: Any, vips: Iterable[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+def _valid_vips(cache: ContextCache, vips: Iterable[tuple[str, int]]) -> Iterator[tuple[str, int]]:
     """Normalized VIPs; a bad entry is logged and skipped, not queued to fail."""
     for phone, company_id in vips:
         try:

@@ -16,6 +16,7 @@ from ctxcache import InvalidationFailedError, mask_phone
 
 from . import runtime
 from .app import INVALIDATE_TASK
+from .app import app as default_app
 
 __all__ = ["InvalidationRoute", "booking_cancelled", "booking_created"]
 
@@ -53,8 +54,6 @@ def _invalidate_after(
     phone: str, company_id: int | str, event: str, app: Celery | None
 ) -> InvalidationRoute:
     if app is None:
-        from .app import app as default_app
-
         app = default_app
     cache = runtime.get_cache()
     normalized, company = cache.identify(phone, company_id)  # bad input raises here
