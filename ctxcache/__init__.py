@@ -1,7 +1,11 @@
 """ctxcache: a client's full dialog context cached in Redis, for every worker to share."""
 
-from .cache import GENERATION_UNKNOWN, ContextCache, WarmOutcome
-from .errors import (
+from ctxcache.client.sync import GENERATION_UNKNOWN, ContextCache, WarmOutcome
+from ctxcache.client.vip import VipRegistry
+from ctxcache.core.keys import KeyLayout, validate_company_id
+from ctxcache.core.phone import mask_phone, normalize_phone
+from ctxcache.core.stats import CacheStats
+from ctxcache.errors import (
     CacheUnavailableError,
     ConfigurationError,
     ContextTooLargeError,
@@ -13,17 +17,13 @@ from .errors import (
     InvalidTTLError,
     UndecodableValueError,
 )
-from .keys import KeyLayout, validate_company_id
-from .phone import mask_phone, normalize_phone
-from .protocols import ContextLoader, VipSource
-from .settings import (
+from ctxcache.protocols import ContextLoader, VipSource
+from ctxcache.settings import (
     DIALOG_CONTEXT_TTL,
     FULL_CONTEXT_TTL,
     PREFERENCES_TTL,
     CacheSettings,
 )
-from .stats import CacheStats
-from .vip import VipRegistry
 
 __all__ = [
     "DIALOG_CONTEXT_TTL",

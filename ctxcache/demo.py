@@ -35,12 +35,12 @@ from rich.panel import Panel
 from rich.progress import Progress
 from rich.table import Table
 
-from . import sample_salon as salon
-from .cache import ContextCache
-from .errors import CtxCacheError
-from .phone import mask_phone
-from .settings import CacheSettings, redact_url
-from .vip import VipRegistry
+from ctxcache import sample_salon as salon
+from ctxcache.client.sync import ContextCache
+from ctxcache.client.vip import VipRegistry
+from ctxcache.core.phone import mask_phone
+from ctxcache.errors import CtxCacheError
+from ctxcache.settings import CacheSettings, redact_url
 
 __all__ = ["main"]
 

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import ConfigurationError
+from ctxcache.errors import ConfigurationError
 
 __all__ = ["ContextLoader", "VipSource", "resolve_callable"]
 

@@ -9,13 +9,13 @@ import phonenumbers
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import ConfigurationError
-from .keys import prefix_problem
-from .wire import (
+from ctxcache.core.keys import prefix_problem
+from ctxcache.core.wire import (
     DEFAULT_COMPRESSION_LEVEL,
     DEFAULT_COMPRESSION_THRESHOLD,
     DEFAULT_MAX_CONTEXT_BYTES,
 )
+from ctxcache.errors import ConfigurationError
 
 __all__ = [
     "DEVELOPMENT_PORT",

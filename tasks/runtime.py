@@ -22,7 +22,7 @@ from celery.signals import (
 )
 
 from ctxcache import ConfigurationError, ContextCache, ContextLoader, VipRegistry, VipSource
-from ctxcache.metrics import serve_metrics
+from ctxcache.ops.metrics import serve_metrics
 from ctxcache.protocols import resolve_callable
 from ctxcache.settings import CacheSettings
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from conftest import FakeClock
 
-from ctxcache.breaker import BreakerState, CircuitBreaker
+from ctxcache.core.breaker import BreakerState, CircuitBreaker
 
 
 def test_opens_after_threshold_and_half_opens_after_cooldown(clock: FakeClock) -> None:

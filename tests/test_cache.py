@@ -22,7 +22,7 @@ from ctxcache import (
     InvalidTTLError,
     WarmOutcome,
 )
-from ctxcache.wire import MAGIC, WIRE_VERSION
+from ctxcache.core.wire import MAGIC, WIRE_VERSION
 
 KEY = f"full_context:{COMPANY}:{PHONE}"
 

@@ -1,6 +1,6 @@
 """The ``ctxcache`` command through its entry point, against the real test Redis.
 
-Most tests run ``python -m ctxcache.cli`` as a subprocess, as a shell would;
+Most tests run ``python -m ctxcache.ops.cli`` as a subprocess, as a shell would;
 the quick input checks use typer's ``CliRunner``. Workers started here use
 their own broker database (``CTXCACHE_TEST_CLI_BROKER``, default db 5).
 """
@@ -26,8 +26,9 @@ from conftest import COMPANY, PHONE, TEST_REDIS_URL, SpareRedis, free_port, make
 from typer.testing import CliRunner
 from worker_support import LOADS_KEY, REPO, CeleryProcess, wait_until
 
-from ctxcache import ContextCache, VipRegistry, cli
-from ctxcache.doctor import Check, run_checks
+from ctxcache import ContextCache, VipRegistry
+from ctxcache.ops import cli
+from ctxcache.ops.doctor import Check, run_checks
 
 BROKER = os.environ.get("CTXCACHE_TEST_CLI_BROKER", "redis://127.0.0.1:6379/5")
 KEY = f"full_context:{COMPANY}:{PHONE}"
@@ -63,7 +64,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def run(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ctxcache.cli", *args],
+        [sys.executable, "-m", "ctxcache.ops.cli", *args],
         capture_output=True,
         text=True,
         env=cli_env(**env),
@@ -339,7 +340,7 @@ def test_stats_json_sums_what_workers_flushed(
 def test_metrics_command_serves_prometheus_until_terminated(real_client: redis.Redis) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ctxcache.cli", "metrics", "--port", str(port)],
+        [sys.executable, "-m", "ctxcache.ops.cli", "metrics", "--port", str(port)],
         env=cli_env(),
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -429,7 +430,7 @@ def test_doctor_against_a_stopped_server_fails_fast_with_a_fix(
     env = cli_env()
     del env["CTXCACHE_BROKER_URL"]  # the default: the same (stopped) server
     result = subprocess.run(
-        [sys.executable, "-m", "ctxcache.cli", "--url", spare_redis.url, "doctor", "--json"],
+        [sys.executable, "-m", "ctxcache.ops.cli", "--url", spare_redis.url, "doctor", "--json"],
         capture_output=True,
         text=True,
         env=env,

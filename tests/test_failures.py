@@ -17,7 +17,7 @@ import pytest
 from conftest import COMPANY, PHONE, FakeClock, SpareRedis, make_settings
 
 from ctxcache import ContextCache, WarmOutcome
-from ctxcache.breaker import BreakerState
+from ctxcache.core.breaker import BreakerState
 
 
 class SilentServer:

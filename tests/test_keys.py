@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ctxcache import ConfigurationError, InvalidCompanyIdError, KeyLayout, validate_company_id
-from ctxcache.keys import ClientKeys
+from ctxcache.core.keys import ClientKeys
 
 
 def test_full_context_key_is_exactly_the_spec_layout() -> None:

@@ -19,8 +19,8 @@ from conftest import COMPANY, PHONE, FakeClock, SpareRedis, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from ctxcache import CacheStats, ContextCache, WarmOutcome
-from ctxcache.metrics import StatsCollector, cluster_stats, serve_metrics
-from ctxcache.stats import LOAD_BUCKETS, StatsRecorder, bucket_field
+from ctxcache.core.stats import LOAD_BUCKETS, StatsRecorder, bucket_field
+from ctxcache.ops.metrics import StatsCollector, cluster_stats, serve_metrics
 from tasks import runtime
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"

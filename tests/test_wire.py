@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ctxcache import ContextTooLargeError, InvalidContextError, UndecodableValueError
-from ctxcache.wire import MAGIC, WIRE_VERSION, WireCodec
+from ctxcache.core.wire import MAGIC, WIRE_VERSION, WireCodec
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "full_context_300k.json"
 

@@ -28,9 +28,11 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from .cache import ContextCache, WarmOutcome
-from .doctor import human_bytes
-from .errors import (
+from ctxcache.client.sync import ContextCache, WarmOutcome
+from ctxcache.client.vip import VipRegistry
+from ctxcache.core.phone import mask_phone
+from ctxcache.core.wire import ENCODING_ZSTD, MAGIC
+from ctxcache.errors import (
     CacheUnavailableError,
     ConfigurationError,
     CtxCacheError,
@@ -38,16 +40,14 @@ from .errors import (
     InvalidPhoneError,
     UndecodableValueError,
 )
-from .phone import mask_phone
-from .protocols import ContextLoader, VipSource, resolve_callable
-from .settings import CacheSettings, redact_url
-from .vip import VipRegistry
-from .wire import ENCODING_ZSTD, MAGIC
+from ctxcache.ops.doctor import human_bytes
+from ctxcache.protocols import ContextLoader, VipSource, resolve_callable
+from ctxcache.settings import CacheSettings, redact_url
 
 __all__ = ["app", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger("ctxcache")
 
 app = typer.Typer(
@@ -402,7 +402,7 @@ def warm(
 
 
 def _enqueue_warm_up(ctx: typer.Context, as_json: bool) -> None:
-    from .doctor import broker_url
+    from ctxcache.ops.doctor import broker_url
 
     settings = _settings(ctx)
     try:
@@ -440,7 +440,7 @@ def stats(
     as_json: AsJson = False,
 ) -> None:
     """Hit rate, miss rate, average load time and cache size, summed over all workers."""
-    from .metrics import cluster_stats
+    from ctxcache.ops.metrics import cluster_stats
 
     with _session(ctx) as cache:
         cache.client.ping()
@@ -482,7 +482,7 @@ def metrics(
     addr: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
 ) -> None:
     """Serve the Prometheus endpoint (/metrics) until Ctrl-C."""
-    from .metrics import serve_metrics
+    from ctxcache.ops.metrics import serve_metrics
 
     port = port or _settings(ctx).metrics_port
     if port is None:
@@ -518,7 +518,7 @@ def doctor(
     as_json: AsJson = False,
 ) -> None:
     """Check Redis, the cache, the broker and the workers; each failure names its fix."""
-    from .doctor import diagnose
+    from ctxcache.ops.doctor import diagnose
 
     url = ctx.obj.url if isinstance(ctx.obj, _State) else None
     checks = diagnose(url, timeout=timeout)
@@ -543,7 +543,7 @@ def doctor(
 @app.command(context_settings=PASS_THROUGH)
 def demo(ctx: typer.Context) -> None:
     """Run the end-to-end demo; arguments go to it (`ctxcache demo -- --help`)."""
-    from .demo import main as demo_main
+    from ctxcache.demo import main as demo_main
 
     if isinstance(ctx.obj, _State) and ctx.obj.url:
         os.environ["CTXCACHE_REDIS_URL"] = ctx.obj.url

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import phonenumbers
 
-from .errors import InvalidPhoneError
+from ctxcache.errors import InvalidPhoneError
 
 __all__ = ["DEFAULT_REGION", "mask_phone", "normalize_phone"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .cache import ContextCache
-from .keys import validate_company_id
+from ctxcache.client.sync import ContextCache
+from ctxcache.core.keys import validate_company_id
 
 __all__ = ["VipRegistry"]
 

@@ -1,7 +1,7 @@
 """The fleet's cache metrics: read from Redis, exposed to Prometheus.
 
 Every process that uses a :class:`~ctxcache.ContextCache` adds its counts to
-one Redis hash (see :mod:`ctxcache.stats`), so any process can report the
+one Redis hash (see :mod:`ctxcache.core.stats`), so any process can report the
 whole fleet: :func:`cluster_stats` reads the hash and sizes the cached
 contexts, and :func:`serve_metrics` serves the same numbers to Prometheus,
 read at scrape time. Every endpoint shows the same fleet-wide totals: scrape
@@ -28,9 +28,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis import exceptions as redis_errors
 
-from .cache import ContextCache, WarmOutcome
-from .errors import CacheUnavailableError
-from .stats import (
+from ctxcache.client.sync import ContextCache, WarmOutcome
+from ctxcache.core.stats import (
     COUNTER_NAMES,
     FLOAT_FIELDS,
     LOAD_BUCKETS,
@@ -38,6 +37,7 @@ from .stats import (
     bound_label,
     parse_bucket_field,
 )
+from ctxcache.errors import CacheUnavailableError
 
 __all__ = ["ClusterStats", "StatsCollector", "cluster_stats", "serve_metrics"]
 

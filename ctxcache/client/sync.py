@@ -14,21 +14,21 @@ import orjson
 import redis
 from redis import exceptions as redis_errors
 
-from . import scripts
-from .breaker import CircuitBreaker
-from .connection import connect
-from .errors import (
+from ctxcache.client.connection import connect
+from ctxcache.core import scripts
+from ctxcache.core.breaker import CircuitBreaker
+from ctxcache.core.keys import ClientKeys, KeyLayout, validate_company_id
+from ctxcache.core.phone import normalize_phone
+from ctxcache.core.stats import CacheStats, StatsRecorder, push_deltas
+from ctxcache.core.wire import WireCodec
+from ctxcache.errors import (
     CacheUnavailableError,
     InvalidContextError,
     InvalidTTLError,
     UndecodableValueError,
 )
-from .keys import ClientKeys, KeyLayout, validate_company_id
-from .phone import normalize_phone
-from .protocols import ContextLoader
-from .settings import CacheSettings
-from .stats import CacheStats, StatsRecorder, push_deltas
-from .wire import WireCodec
+from ctxcache.protocols import ContextLoader
+from ctxcache.settings import CacheSettings
 
 __all__ = ["GENERATION_UNKNOWN", "ContextCache", "WarmOutcome"]
 

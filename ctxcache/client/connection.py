@@ -11,7 +11,7 @@ from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
 from redis.retry import Retry
 
-from .settings import CacheSettings
+from ctxcache.settings import CacheSettings
 
 __all__ = ["connect"]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConfigurationError, InvalidCompanyIdError
-from .phone import mask_phone
+from ctxcache.core.phone import mask_phone
+from ctxcache.errors import ConfigurationError, InvalidCompanyIdError
 
 __all__ = ["ClientKeys", "KeyLayout", "validate_company_id"]
 

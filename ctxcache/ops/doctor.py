@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 import redis
 from redis import exceptions as redis_errors
 
-from .cache import ContextCache
-from .connection import connect
-from .errors import ConfigurationError
-from .keys import KeyLayout
-from .settings import DEVELOPMENT_PORT, CacheSettings, redact_url
+from ctxcache.client.connection import connect
+from ctxcache.client.sync import ContextCache
+from ctxcache.core.keys import KeyLayout
+from ctxcache.errors import ConfigurationError
+from ctxcache.settings import DEVELOPMENT_PORT, CacheSettings, redact_url
 
 __all__ = ["Check", "broker_url", "diagnose", "human_bytes", "run_checks"]
 

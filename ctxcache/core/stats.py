@@ -3,7 +3,7 @@
 Each operation only bumps a counter in memory. At most once per flush interval
 the counts added since the last flush go to one Redis hash (``KeyLayout.stats``)
 in a single MULTI/EXEC round trip, so every process's counts add up there and
-:mod:`ctxcache.metrics` can report the whole fleet. A flush that fails keeps
+:mod:`ctxcache.ops.metrics` can report the whole fleet. A flush that fails keeps
 its counts for the next one.
 """
 

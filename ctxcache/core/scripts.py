@@ -1,7 +1,7 @@
 """Server-side atomic steps, as Lua scripts.
 
 Each script touches only the keys of one client, which share a Redis Cluster
-hash slot (see :mod:`ctxcache.keys`). The generation key is a counter that
+hash slot (see :mod:`ctxcache.core.keys`). The generation key is a counter that
 every invalidation increments: a writer that read generation ``g`` before
 loading may write only while the counter still reads ``g`` (a lease, as in
 Facebook's memcache). A missing counter reads as ``"0"``.

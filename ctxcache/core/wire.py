@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 import zstandard
 
-from .errors import ContextTooLargeError, InvalidContextError, UndecodableValueError
+from ctxcache.errors import ContextTooLargeError, InvalidContextError, UndecodableValueError
 
 __all__ = [
     "DEFAULT_COMPRESSION_LEVEL",

@@ -1,0 +1,3 @@
+"""Operator tools: the ``ctxcache`` command, ``doctor`` checks and the metrics endpoint."""
+
+__all__: list[str] = []
