@@ -411,7 +411,7 @@ class ContextCache:
     def _redis(self, operation: str, target: str, call: Callable[[], T]) -> T | _Unavailable:
         """Run ``call`` unless the breaker is open; log and swallow Redis errors."""
         if not self.breaker.allow():
-            self._stats.add("errors")
+            self._stats.add("skipped")  # not an error of its own: counted apart
             logger.debug("%s %s skipped: circuit breaker open", operation, target)
             return UNAVAILABLE
         try:

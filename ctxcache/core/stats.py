@@ -23,7 +23,9 @@ import redis
 __all__ = [
     "COUNTER_NAMES",
     "FLOAT_FIELDS",
+    "HOOK_OUTCOMES",
     "LOAD_BUCKETS",
+    "SAFETY_NET_OUTCOMES",
     "CacheStats",
     "StatsRecorder",
     "bound_label",
@@ -51,6 +53,11 @@ LOAD_BUCKETS: Final[tuple[float, ...]] = (
 # bucket alone (not cumulative), so the fields of many processes simply add up.
 BUCKET_FIELD_PREFIX: Final = "load_le:"
 FLOAT_FIELDS: Final = frozenset({"load_seconds"})  # HINCRBYFLOAT; the rest HINCRBY
+# What a booking hook did with an invalidation (tasks.InvalidationOutcome's values,
+# and "failed" when it raised), and what the queued safety net found
+# (EnsureOutcome's values): counted as hook_<outcome> and safety_net_<outcome>.
+HOOK_OUTCOMES: Final = ("inline_and_queued", "inline_only", "queued_only", "failed")
+SAFETY_NET_OUTCOMES: Final = ("in_effect", "reapplied", "unavailable")
 
 logger = logging.getLogger("ctxcache")
 
@@ -63,7 +70,8 @@ class CacheStats:
 
     hits: int = 0
     misses: int = 0
-    errors: int = 0  # Redis errors and timeouts, and calls skipped by the open breaker
+    errors: int = 0  # Redis errors and timeouts that a call met
+    skipped: int = 0  # calls not made because the circuit breaker was open
     corrupt: int = 0  # values that could not be decoded (removed, counted as misses)
     loads: int = 0  # loader calls
     load_seconds: float = 0.0
@@ -77,6 +85,14 @@ class CacheStats:
     warm_busy: int = 0
     warm_superseded: int = 0
     warm_unavailable: int = 0
+    # Booking hooks (see HOOK_OUTCOMES) and the queued safety net (SAFETY_NET_OUTCOMES).
+    hook_inline_and_queued: int = 0
+    hook_inline_only: int = 0
+    hook_queued_only: int = 0
+    hook_failed: int = 0
+    safety_net_in_effect: int = 0
+    safety_net_reapplied: int = 0
+    safety_net_unavailable: int = 0
 
     @property
     def lookups(self) -> int:

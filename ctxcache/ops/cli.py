@@ -31,6 +31,7 @@ from rich.table import Table
 from ctxcache.client.sync import ContextCache, WarmOutcome
 from ctxcache.client.vip import VipRegistry
 from ctxcache.core.phone import mask_phone
+from ctxcache.core.stats import HOOK_OUTCOMES, SAFETY_NET_OUTCOMES
 from ctxcache.core.wire import ENCODING_ZSTD, MAGIC
 from ctxcache.errors import (
     CacheUnavailableError,
@@ -450,6 +451,10 @@ def stats(
         return
     totals = result.totals
     table = Table("metric", "value", title="ctxcache, all workers")
+
+    def counts(prefix: str, outcomes: tuple[str, ...]) -> str:
+        return " / ".join(str(getattr(totals, prefix + name)) for name in outcomes)
+
     rows = [
         ("hit rate", f"{totals.hit_rate:.1%} ({totals.hits} hits)"),
         ("miss rate", f"{totals.miss_rate:.1%} ({totals.misses} misses)"),
@@ -460,7 +465,12 @@ def stats(
         ("cached contexts", f"{result.cached_contexts}"),
         ("cache size", human_bytes(result.cached_bytes)),
         ("written / invalidated", f"{totals.sets} / {totals.invalidations}"),
-        ("Redis errors", str(totals.errors)),
+        ("Redis errors / skipped (breaker open)", f"{totals.errors} / {totals.skipped}"),
+        ("hooks: inline+queued / inline / queued / failed", counts("hook_", HOOK_OUTCOMES)),
+        (
+            "safety net: no-op / re-applied / unavailable",
+            counts("safety_net_", SAFETY_NET_OUTCOMES),
+        ),
         ("stampedes avoided", str(totals.coalesced)),
     ]
     for name, value in rows:

@@ -32,7 +32,9 @@ from ctxcache.client.sync import ContextCache, WarmOutcome
 from ctxcache.core.stats import (
     COUNTER_NAMES,
     FLOAT_FIELDS,
+    HOOK_OUTCOMES,
     LOAD_BUCKETS,
+    SAFETY_NET_OUTCOMES,
     CacheStats,
     bound_label,
     parse_bucket_field,
@@ -50,7 +52,8 @@ _SCAN_COUNT: Final = 1000
 COUNTERS: Final[Mapping[str, tuple[str, str]]] = {
     "ctxcache_hits": ("hits", "Lookups answered from the cache."),
     "ctxcache_misses": ("misses", "Lookups that found nothing usable (incl. errors, corrupt)."),
-    "ctxcache_errors": ("errors", "Redis errors, timeouts and calls skipped by the breaker."),
+    "ctxcache_errors": ("errors", "Redis errors and timeouts."),
+    "ctxcache_skipped": ("skipped", "Calls not made: the circuit breaker was open."),
     "ctxcache_corrupt_values": ("corrupt", "Cached values that could not be decoded."),
     "ctxcache_loads": ("loads", "Calls of the context loader (the database)."),
     "ctxcache_sets": ("sets", "Contexts written to the cache."),
@@ -148,6 +151,23 @@ def _families(stats: ClusterStats) -> Iterator[Metric]:
     for outcome in WarmOutcome:
         warmups.add_metric([outcome.value], getattr(totals, f"warm_{outcome.value}"))
     yield warmups
+    hooks = CounterMetricFamily(
+        "ctxcache_hook_invalidations",
+        "Booking hooks by what they did: applied inline and/or queued, or failed (raised).",
+        labels=["outcome"],
+    )
+    for name in HOOK_OUTCOMES:
+        hooks.add_metric([name], getattr(totals, f"hook_{name}"))
+    yield hooks
+    safety_net = CounterMetricFamily(
+        "ctxcache_safety_net",
+        "Queued safety-net invalidations by what they found: still in effect (no-op), "
+        "re-applied, or Redis unavailable (retried).",
+        labels=["outcome"],
+    )
+    for name in SAFETY_NET_OUTCOMES:
+        safety_net.add_metric([name], getattr(totals, f"safety_net_{name}"))
+    yield safety_net
     yield HistogramMetricFamily(
         "ctxcache_load_seconds",
         "Time the context loader took.",
