@@ -22,20 +22,50 @@ _settings = CacheSettings.load()
 # In production give the broker its own server: an LRU-evicting cache may evict
 # broker keys (queued invalidations).
 broker_url = _settings.effective_broker_url
+
+
+def _restore_cadence(visibility_timeout: float) -> dict[str, Any]:
+    """How often kombu sweeps for the messages of dead workers (Redis broker).
+
+    It restores the entries of its unacked index older than the visibility
+    timeout, every ``interval x throttle`` seconds (100 s by default): a tenth
+    of the timeout here, between 1 and 10 s, scanning every time.
+    """
+    return {
+        "unacked_restore_interval": max(1.0, min(10.0, visibility_timeout / 10)),
+        "unacked_restore_throttle": 1,
+    }
+
+
 # A message not acknowledged within this many seconds is delivered again (Redis
 # broker). Retry delays and time limits below stay well under it.
 broker_transport_options: dict[str, Any] = {
     "visibility_timeout": _settings.visibility_timeout,
-    # kombu sweeps for messages of dead workers every interval x throttle
-    # seconds (100 s by default); keep that well under the visibility timeout.
-    "unacked_restore_interval": max(1.0, min(10.0, _settings.visibility_timeout / 3)),
-    "unacked_restore_throttle": 1,
+    **_restore_cadence(_settings.visibility_timeout),
     # RabbitMQ: wait for the broker to confirm each publish, so a booking hook
-    # never reports QUEUED for a message the broker did not take (the Redis
+    # never reports a queued invalidation the broker did not take (the Redis
     # transport ignores this option).
     "confirm_publish": True,
     "socket_timeout": 5,
     "socket_connect_timeout": _settings.publish_timeout,
+}
+
+# A worker that consumes ctxcache.invalidate alone switches to these options when
+# it starts (tasks/transport.py). The short visibility timeout brings a killed
+# worker's invalidations back in seconds instead of an hour. The unacked keys are
+# their own because kombu's sweep restores every entry of its index older than
+# its own timeout, whatever queue it came from: on the shared index it would
+# hand out warm-ups that another worker holds (prefetched behind a long load).
+# A stale sweep lock (its holder was killed mid-sweep) blocks the sweeps only
+# for a fraction of the timeout, not kombu's default 300 s.
+INVALIDATE_TRANSPORT_OPTIONS: dict[str, Any] = {
+    **broker_transport_options,
+    "visibility_timeout": _settings.invalidate_visibility_timeout,
+    **_restore_cadence(_settings.invalidate_visibility_timeout),
+    "unacked_key": f"{INVALIDATE_QUEUE}.unacked",
+    "unacked_index_key": f"{INVALIDATE_QUEUE}.unacked_index",
+    "unacked_mutex_key": f"{INVALIDATE_QUEUE}.unacked_mutex",
+    "unacked_mutex_expire": int(max(5, _settings.invalidate_visibility_timeout / 3)),
 }
 broker_connection_timeout = _settings.publish_timeout
 broker_connection_retry_on_startup = True
@@ -66,7 +96,9 @@ task_routes = {
 # a long backlog from sitting on one worker while others idle.
 worker_prefetch_multiplier = 1
 
-# Under the visibility timeout, or a running task would be delivered twice.
+# Under the visibility timeout, or a running task would be delivered twice. The
+# invalidation task is one bounded Redis call; its retry delays stay under the
+# shorter invalidation timeout (tasks/app.py).
 task_time_limit = min(150.0, 0.9 * _settings.visibility_timeout)
 task_soft_time_limit = 0.8 * task_time_limit
 worker_send_task_events = False

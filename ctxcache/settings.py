@@ -76,6 +76,9 @@ class CacheSettings(BaseSettings):
     warmup_refresh_threshold: int = Field(default=3600, ge=0)
     warmup_chunk_size: int = Field(default=50, ge=1)
     visibility_timeout: float = Field(default=3600.0, gt=0)
+    # Redis broker, workers consuming ctxcache.invalidate alone: a killed worker's
+    # invalidations come back after this many seconds (see celeryconfig.py).
+    invalidate_visibility_timeout: float = Field(default=30.0, ge=1)
 
     # Metrics: counters are pushed to Redis at most this often per process.
     stats_flush_interval: float = Field(default=10.0, gt=0)

@@ -4,15 +4,27 @@
 """
 
 from .app import INVALIDATE_TASK, WARM_ALL_TASK, WARM_ONE_TASK, app, create_app
-from .hooks import InvalidationRoute, booking_cancelled, booking_created
+from .hooks import (
+    ClientContext,
+    InvalidationOutcome,
+    InvalidationRoute,
+    InvalidationTarget,
+    booking_cancelled,
+    booking_created,
+    invalidate_now_and_queue,
+)
 
 __all__ = [
     "INVALIDATE_TASK",
     "WARM_ALL_TASK",
     "WARM_ONE_TASK",
+    "ClientContext",
+    "InvalidationOutcome",
     "InvalidationRoute",
+    "InvalidationTarget",
     "app",
     "booking_cancelled",
     "booking_created",
     "create_app",
+    "invalidate_now_and_queue",
 ]

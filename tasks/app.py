@@ -8,6 +8,7 @@ registers the tasks on it; the module-level ``app`` is what
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -15,12 +16,25 @@ from typing import Any
 from celery import Celery, Task, group
 from redis import exceptions as redis_errors
 
-from ctxcache import CacheUnavailableError, ContextCache, CtxCacheError, mask_phone
+from ctxcache import (
+    CacheUnavailableError,
+    ContextCache,
+    CtxCacheError,
+    EnsureOutcome,
+    mask_phone,
+)
 from ctxcache.settings import CacheSettings
 
-from . import runtime
+from . import runtime, transport  # noqa: F401  (transport: per-worker broker options)
 
-__all__ = ["INVALIDATE_TASK", "WARM_ALL_TASK", "WARM_ONE_TASK", "app", "create_app"]
+__all__ = [
+    "INVALIDATE_TASK",
+    "WARM_ALL_TASK",
+    "WARM_ONE_TASK",
+    "app",
+    "create_app",
+    "retry_schedule",
+]
 
 logger = logging.getLogger("ctxcache.tasks")
 
@@ -29,11 +43,23 @@ WARM_ALL_TASK = "ctxcache.warm_vip_contexts"
 WARM_ONE_TASK = "ctxcache.warm_context"
 
 # Retries of an invalidation go on for about a day, longer than the 12 h TTL
-# after which a stale context is gone anyway: with full jitter the capped delay
-# averages half the 300 s cap, so 600 retries span ~25 h. Each delay stays far
-# below the broker's visibility timeout.
-INVALIDATE_MAX_RETRIES = 600
+# after which a stale context is gone anyway. Each delay stays well under the
+# shorter visibility timeout (a retry waits on the worker unacknowledged; a delay
+# past the timeout would be delivered again and again, celery #2481).
+RETRY_SPAN_SECONDS = 24 * 60 * 60
 _RETRY_BACKOFF_CAP = 300
+
+
+def retry_schedule(settings: CacheSettings) -> tuple[int, int]:
+    """``(longest delay, number of retries)`` of the invalidation task.
+
+    The delay doubles from 1 s up to a third of the shorter visibility timeout
+    (10 s by default); with full jitter a capped delay averages half of that, so
+    the number of retries is what spans :data:`RETRY_SPAN_SECONDS`.
+    """
+    shortest = min(settings.visibility_timeout, settings.invalidate_visibility_timeout)
+    cap = max(1, int(min(_RETRY_BACKOFF_CAP, shortest / 3)))
+    return cap, math.ceil(RETRY_SPAN_SECONDS / (cap / 2))
 
 
 def create_app(**overrides: Any) -> Celery:
@@ -58,8 +84,7 @@ def _chunks(items: Iterable[tuple[str, int]], size: int) -> Iterator[list[tuple[
 
 
 def _register_tasks(celery_app: Celery) -> None:
-    settings = CacheSettings.load()
-    backoff_cap = int(min(_RETRY_BACKOFF_CAP, settings.visibility_timeout / 4))
+    backoff_cap, max_retries = retry_schedule(CacheSettings.load())
 
     @celery_app.task(
         name=INVALIDATE_TASK,
@@ -68,17 +93,28 @@ def _register_tasks(celery_app: Celery) -> None:
         reject_on_worker_lost=True,
         autoretry_for=(CacheUnavailableError,),
         retry_backoff=1,
-        retry_backoff_max=max(1, backoff_cap),
+        retry_backoff_max=backoff_cap,
         retry_jitter=True,
-        max_retries=INVALIDATE_MAX_RETRIES,
+        max_retries=max_retries,
     )
-    def invalidate_context(phone: str, company_id: int) -> bool:
-        """Delete a client's cached context; idempotent, retried until Redis takes it."""
-        if not runtime.get_cache().invalidate_cached_context(phone, company_id):
+    def invalidate_context(phone: str, company_id: int, generation: int | None = None) -> str:
+        """The safety net behind a booking hook; idempotent, retried until Redis takes it.
+
+        A no-op while the invalidation that produced ``generation`` still holds
+        (a context reloaded since is kept). Applied again if it was undone, and
+        applied outright when ``generation`` is None: the hook's inline call
+        failed, or the message is from before generations existed.
+        """
+        cache = runtime.get_cache()
+        outcome = cache.ensure_invalidated(phone, company_id, generation)
+        runtime.count(cache, f"safety_net_{outcome.value}")
+        masked = mask_phone(phone)
+        logger.info("safety net for %s / %s: %s", masked, company_id, outcome.value)
+        if outcome is EnsureOutcome.UNAVAILABLE:
             raise CacheUnavailableError(
-                f"Redis did not take the invalidation of {mask_phone(phone)} / {company_id}"
+                f"Redis did not take the invalidation of {masked} / {company_id}"
             )
-        return True
+        return str(outcome.value)
 
     @celery_app.task(name=WARM_ALL_TASK, bind=True, shared=False)
     def warm_vip_contexts(self: Task[[], int]) -> int:

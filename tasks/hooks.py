@@ -1,24 +1,42 @@
 """Booking hooks: call them after the booking's database commit.
 
-They queue the invalidation on the broker; if publishing fails they
-invalidate inline, and if that fails too they raise. An invalidation is
-never dropped silently.
+Each hook applies the invalidation inline first (one bounded Redis call), so
+in the normal case the client's context is gone when the hook returns. It then
+queues a safety-net task carrying the generation that call produced; a worker
+checks that the invalidation still holds and applies it again if it was lost
+(a failover, a restore) or never happened (Redis failed here). The hook raises
+:class:`~ctxcache.InvalidationFailedError` when neither Redis nor the broker
+took it: an invalidation is never dropped silently.
+
+:func:`invalidate_now_and_queue` does this for any :class:`InvalidationTarget`
+(what to invalidate, and which task checks it), so that other things to
+invalidate plug into the same two steps.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from celery import Celery
 
-from ctxcache import InvalidationFailedError, mask_phone
+from ctxcache import ContextCache, InvalidationFailedError, mask_phone
 
 from . import runtime
 from .app import INVALIDATE_TASK
 from .app import app as default_app
 
-__all__ = ["InvalidationRoute", "booking_cancelled", "booking_created"]
+__all__ = [
+    "ClientContext",
+    "InvalidationOutcome",
+    "InvalidationRoute",
+    "InvalidationTarget",
+    "booking_cancelled",
+    "booking_created",
+    "invalidate_now_and_queue",
+]
 
 logger = logging.getLogger("ctxcache.tasks")
 
@@ -31,53 +49,122 @@ PUBLISH_RETRY_POLICY = {
 }
 
 
-class InvalidationRoute(enum.Enum):
-    QUEUED = "queued"  # a worker will apply it
-    INLINE = "inline"  # the broker failed; applied here and now
+class InvalidationOutcome(enum.Enum):
+    """What a booking hook did; when it could do neither, it raises instead."""
+
+    INLINE_AND_QUEUED = "inline_and_queued"  # applied here; a worker checks that it holds
+    INLINE_ONLY = "inline_only"  # the broker failed: applied here, no safety net
+    QUEUED_ONLY = "queued_only"  # Redis failed here: a worker applies it, retrying
+    # The first version's names: the broker failed / only a worker will apply it.
+    INLINE = "inline_only"
+    QUEUED = "queued_only"
+
+    @property
+    def applied(self) -> bool:
+        """Whether the context was invalidated before the hook returned."""
+        return self is not InvalidationOutcome.QUEUED_ONLY
+
+    @property
+    def queued(self) -> bool:
+        """Whether a worker will check (or apply) the invalidation."""
+        return self is not InvalidationOutcome.INLINE_ONLY
+
+
+InvalidationRoute = InvalidationOutcome  # the first version's name
+
+
+class InvalidationTarget(Protocol):
+    """Something a hook invalidates: applied inline, then checked by a queued task."""
+
+    def apply(self, cache: ContextCache) -> Any:
+        """Invalidate now. Return a JSON-ready receipt for the safety net, or None on failure."""
+        ...
+
+    def safety_net(self, receipt: Any) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        """The task that checks the invalidation: its name, args and kwargs."""
+        ...
+
+    def describe(self) -> str:
+        """What is invalidated, for logs and errors; phones masked."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClientContext:
+    """One client's cached full context; build it with :meth:`of` to validate the input."""
+
+    phone: str  # normalized (E.164)
+    company_id: int
+
+    @classmethod
+    def of(cls, phone: str, company_id: int | str) -> ClientContext:
+        """Validated and normalized; bad input raises here, before anything is done."""
+        return cls(*runtime.get_cache().identify(phone, company_id))
+
+    def apply(self, cache: ContextCache) -> int | None:
+        return cache.apply_invalidation(self.phone, self.company_id)
+
+    def safety_net(self, receipt: int | None) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        # Without a generation the message has the first version's shape, which
+        # workers of every version apply unconditionally (rolling deploys).
+        kwargs = {} if receipt is None else {"generation": receipt}
+        return INVALIDATE_TASK, (self.phone, self.company_id), kwargs
+
+    def describe(self) -> str:
+        return f"{mask_phone(self.phone)} / {self.company_id}"
 
 
 def booking_created(
     phone: str, company_id: int | str, *, app: Celery | None = None
-) -> InvalidationRoute:
+) -> InvalidationOutcome:
     """Invalidate the client's context after a booking was created (and committed)."""
-    return _invalidate_after(phone, company_id, "booking created", app)
+    return invalidate_now_and_queue(ClientContext.of(phone, company_id), "booking created", app)
 
 
 def booking_cancelled(
     phone: str, company_id: int | str, *, app: Celery | None = None
-) -> InvalidationRoute:
+) -> InvalidationOutcome:
     """Invalidate the client's context after a booking was cancelled (and committed)."""
-    return _invalidate_after(phone, company_id, "booking cancelled", app)
+    return invalidate_now_and_queue(ClientContext.of(phone, company_id), "booking cancelled", app)
 
 
-def _invalidate_after(
-    phone: str, company_id: int | str, event: str, app: Celery | None
-) -> InvalidationRoute:
-    if app is None:
-        app = default_app
+def invalidate_now_and_queue(
+    target: InvalidationTarget, event: str, app: Celery | None = None
+) -> InvalidationOutcome:
+    """Apply ``target``'s invalidation inline, then queue its safety net; say what happened.
+
+    Raises :class:`~ctxcache.InvalidationFailedError` when Redis and the broker
+    both failed. ``event`` names the cause in the log lines.
+    """
     cache = runtime.get_cache()
-    normalized, company = cache.identify(phone, company_id)  # bad input raises here
-    masked = mask_phone(normalized)
+    what = target.describe()
+    receipt = target.apply(cache)  # bounded: the cache's socket timeout, or the open breaker
+    if receipt is None:
+        logger.error("%s for %s: Redis did not take the invalidation; queuing it", event, what)
+    name, args, kwargs = target.safety_net(receipt)
     try:
-        app.tasks[INVALIDATE_TASK].apply_async(
-            (normalized, company), retry=True, retry_policy=PUBLISH_RETRY_POLICY
+        (app or default_app).tasks[name].apply_async(
+            args, kwargs, retry=True, retry_policy=PUBLISH_RETRY_POLICY
         )
     except Exception as exc:  # any failure to publish: kombu, socket, broker errors
-        logger.error(
-            "%s for %s / %s: could not queue the invalidation (%s); invalidating inline",
-            event,
-            masked,
-            company,
-            exc,
-        )
+        queued = False
+        logger.error("%s for %s: could not queue the safety net (%s)", event, what, exc)
     else:
-        logger.info("%s for %s / %s: invalidation queued", event, masked, company)
-        return InvalidationRoute.QUEUED
-    if cache.invalidate_cached_context(normalized, company):
-        return InvalidationRoute.INLINE
-    logger.critical(
-        "%s for %s / %s: invalidation LOST: broker and Redis both failed", event, masked, company
-    )
-    raise InvalidationFailedError(
-        f"{event}: neither the broker nor Redis took the invalidation of {masked} / {company}"
-    )
+        queued = True
+    if receipt is None and not queued:
+        runtime.count(cache, "hook_failed")
+        logger.critical(
+            "%s for %s: invalidation LOST: Redis and the broker both failed", event, what
+        )
+        raise InvalidationFailedError(
+            f"{event}: neither Redis nor the broker took the invalidation of {what}"
+        )
+    if receipt is None:
+        outcome = InvalidationOutcome.QUEUED_ONLY
+    else:
+        outcome = (
+            InvalidationOutcome.INLINE_AND_QUEUED if queued else InvalidationOutcome.INLINE_ONLY
+        )
+    runtime.count(cache, f"hook_{outcome.value}")
+    logger.info("%s for %s: invalidation %s", event, what, outcome.value)
+    return outcome

@@ -26,7 +26,7 @@ from ctxcache.ops.metrics import serve_metrics
 from ctxcache.protocols import resolve_callable
 from ctxcache.settings import CacheSettings
 
-__all__ = ["configure", "get_cache", "get_loader", "get_vip_source", "reset"]
+__all__ = ["configure", "count", "get_cache", "get_loader", "get_vip_source", "reset"]
 
 logger = logging.getLogger("ctxcache.tasks")
 
@@ -70,6 +70,16 @@ def get_cache() -> ContextCache:
             _state["cache"] = ContextCache.from_settings(current)
         cache: ContextCache = _state["cache"]
         return cache
+
+
+def count(cache: ContextCache, name: str) -> None:
+    """Add one to ``cache``'s counter ``name`` (a hook or safety-net outcome of CacheStats).
+
+    It then travels with the cache's own counts: ``stats()``, the shared hash, Prometheus.
+    """
+    # ContextCache has no public way to add to its counters yet; this is the one place
+    # that reaches in.
+    cache._stats.add(name)
 
 
 def get_loader() -> ContextLoader:

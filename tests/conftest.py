@@ -132,12 +132,17 @@ def free_port() -> int:
 
 
 class SpareRedis:
-    """A private redis-server on a free loopback port that a test can stop and start."""
+    """A private redis-server on a free loopback port that a test can stop and start.
 
-    def __init__(self, directory: str) -> None:
+    Without persistence by default; with ``appendfsync`` ("always", "everysec")
+    it keeps an append-only file in ``directory``, so data survives a restart.
+    """
+
+    def __init__(self, directory: str, *, appendfsync: str | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.directory = directory
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -154,7 +159,9 @@ class SpareRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendfsync else "no",
+                "--appendfsync",
+                self.appendfsync or "everysec",
                 "--dir",
                 self.directory,
                 "--logfile",
