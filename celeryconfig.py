@@ -24,7 +24,7 @@ _settings = CacheSettings.load()
 broker_url = _settings.effective_broker_url
 
 
-def _restore_cadence(visibility_timeout: float) -> dict[str, Any]:
+def restore_cadence(visibility_timeout: float) -> dict[str, Any]:
     """How often kombu sweeps for the messages of dead workers (Redis broker).
 
     It restores the entries of its unacked index older than the visibility
@@ -41,7 +41,7 @@ def _restore_cadence(visibility_timeout: float) -> dict[str, Any]:
 # broker). Retry delays and time limits below stay well under it.
 broker_transport_options: dict[str, Any] = {
     "visibility_timeout": _settings.visibility_timeout,
-    **_restore_cadence(_settings.visibility_timeout),
+    **restore_cadence(_settings.visibility_timeout),
     # RabbitMQ: wait for the broker to confirm each publish, so a booking hook
     # never reports a queued invalidation the broker did not take (the Redis
     # transport ignores this option).
@@ -61,7 +61,7 @@ broker_transport_options: dict[str, Any] = {
 INVALIDATE_TRANSPORT_OPTIONS: dict[str, Any] = {
     **broker_transport_options,
     "visibility_timeout": _settings.invalidate_visibility_timeout,
-    **_restore_cadence(_settings.invalidate_visibility_timeout),
+    **restore_cadence(_settings.invalidate_visibility_timeout),
     "unacked_key": f"{INVALIDATE_QUEUE}.unacked",
     "unacked_index_key": f"{INVALIDATE_QUEUE}.unacked_index",
     "unacked_mutex_key": f"{INVALIDATE_QUEUE}.unacked_mutex",

@@ -432,6 +432,8 @@ class _Doctor:
     # -- Celery -----------------------------------------------------------------------
 
     def celery_checks(self) -> list[Check]:
+        from ctxcache.ops.doctor_broker import BROKER_CHECK_NAMES, broker_checks
+
         try:
             url, why = broker_url(self.settings)
         except ConfigurationError as exc:
@@ -444,12 +446,14 @@ class _Doctor:
             checks = [Check("broker reachable", False, f"{shown} ({why}): {exc}", fix)]
             for name in (
                 "broker eviction",
+                *BROKER_CHECK_NAMES,
                 "worker: ctxcache.invalidate",
                 "worker: ctxcache.warmup",
             ):
                 checks.append(Check(name, False, "not run: no broker", skipped=True))
             return checks
         checks = [Check("broker reachable", True, f"{shown} ({why})"), self.broker_eviction(url)]
+        checks += broker_checks(self.settings, url, self.run_id, self.timeout)
         return checks + self.worker_checks(url)
 
     def _connect_broker(self, url: str) -> None:
