@@ -14,6 +14,7 @@ SUITES: dict[str, str] = {
     "core": "benchmarks.core",
     "celery": "benchmarks.celery_tasks",
     "peers": "benchmarks.peers",
+    "faults": "benchmarks.faults",
 }
 
 
