@@ -145,6 +145,7 @@ def run_layout(layout: str, directory: Path, plan: dict[str, Any], rng: random.R
         offset = log.stat().st_size  # what the worker logs from here is the fault run's
         result["faults"] = fault_run(app, cache, worker, cache_server, plan, rng)
         result["settle"] = settle(cache, result["faults"].pop("booked"), result["faults"], plan)
+        result["settle"]["applied_later_by_hooks"] = cache.stats().hook_applied_later
         found = collections.Counter(_SAFETY_NET_LINE.findall(log.read_bytes()[offset:]))
         result["safety_net"] = {outcome.decode(): count for outcome, count in found.items()}
         return result
@@ -325,7 +326,7 @@ def report(r: dict[str, Any]) -> str:
     env, plan = r["environment"], r["method"]
     libs = ", ".join(f"{name} {version}" for name, version in env["libraries"].items())
     faults = [["layout", "broker", "inline+queued", "queued only", "inline only", "raised"]]
-    faults[0] += ["stale left", "settled", "hook p50", "hook p99", "safety net"]
+    faults[0] += ["stale left", "settled", "hook p50", "hook p99", "owed, applied", "safety net"]
     latency = [["layout", "hook p50/p99: inline-first", "queue-only"]]
     latency[0] += ["context gone p50/p99: inline-first", "queue-only"]
     notes = []
@@ -339,7 +340,7 @@ def report(r: dict[str, Any]) -> str:
         faults.append([
             name, layout["broker"], *cells, str(f["failed"]), str(s["stale"]),
             f"{s['settled_s']} s", f"{f['hook_latency']['p50_ms']:.2f} ms",
-            f"{f['hook_latency']['p99_ms']:.1f} ms", net,
+            f"{f['hook_latency']['p99_ms']:.1f} ms", str(s["applied_later_by_hooks"]), net,
         ])  # fmt: skip
         h, g = layout["latency"]["hook"], layout["latency"]["fresh"]
 

@@ -4,7 +4,9 @@ Each hook applies the invalidation inline first (one bounded Redis call), so
 in the normal case the client's context is gone when the hook returns. It then
 queues a safety-net task carrying the generation that call produced; a worker
 checks that the invalidation still holds and applies it again if it was lost
-(a failover, a restore) or never happened (Redis failed here). The hook raises
+(a failover, a restore) or never happened (Redis failed here). An invalidation
+Redis refused is also owed by this process, which applies it again once Redis
+answers (:mod:`tasks.pending`). The hook raises
 :class:`~ctxcache.InvalidationFailedError` when neither Redis nor the broker
 took it: an invalidation is never dropped silently.
 
@@ -140,6 +142,8 @@ def invalidate_now_and_queue(
     what = target.describe()
     receipt = target.apply(cache)  # bounded: the cache's socket timeout, or the open breaker
     if receipt is None:
+        # Owed: this process applies it again once Redis answers, besides the queued task.
+        runtime.get_pending().add(target)
         logger.error("%s for %s: Redis did not take the invalidation; queuing it", event, what)
     name, args, kwargs = target.safety_net(receipt)
     try:
@@ -157,7 +161,8 @@ def invalidate_now_and_queue(
             "%s for %s: invalidation LOST: Redis and the broker both failed", event, what
         )
         raise InvalidationFailedError(
-            f"{event}: neither Redis nor the broker took the invalidation of {what}"
+            f"{event}: neither Redis nor the broker took the invalidation of {what};"
+            " this process applies it if Redis answers again before it exits"
         )
     if receipt is None:
         outcome = InvalidationOutcome.QUEUED_ONLY

@@ -26,7 +26,17 @@ from ctxcache.ops.metrics import serve_metrics
 from ctxcache.protocols import resolve_callable
 from ctxcache.settings import CacheSettings
 
-__all__ = ["configure", "count", "get_cache", "get_loader", "get_vip_source", "reset"]
+from .pending import PendingInvalidations
+
+__all__ = [
+    "configure",
+    "count",
+    "get_cache",
+    "get_loader",
+    "get_pending",
+    "get_vip_source",
+    "reset",
+]
 
 logger = logging.getLogger("ctxcache.tasks")
 
@@ -50,9 +60,12 @@ def configure(
 
 
 def reset() -> None:
-    """Forget the process's cache, loader and VIP source; they are made again on use."""
+    """Forget the process's cache, loader, VIP source and owed invalidations; made again on use."""
     with _lock:
+        pending = _state.get("pending")
         _state.clear()
+    if pending is not None:
+        pending.close()
 
 
 def settings() -> CacheSettings:
@@ -80,6 +93,18 @@ def count(cache: ContextCache, name: str) -> None:
     # ContextCache has no public way to add to its counters yet; this is the one place
     # that reaches in.
     cache._stats.add(name)
+
+
+def get_pending() -> PendingInvalidations:
+    """The invalidations this process owes Redis (see :mod:`tasks.pending`)."""
+    cache = get_cache()
+    with _lock:
+        if "pending" not in _state:
+            _state["pending"] = PendingInvalidations(
+                cache, on_applied=lambda: count(cache, "hook_applied_later")
+            )
+        pending: PendingInvalidations = _state["pending"]
+        return pending
 
 
 def get_loader() -> ContextLoader:
@@ -148,6 +173,7 @@ def _after_fork(**_: Any) -> None:
             return  # solo and thread pools send this signal without forking
         _owner["pid"] = os.getpid()
         _state.pop("cache", None)
+        _state.pop("pending", None)  # the parent's; its thread did not fork
         server = _state.pop("metrics_server", None)
     if server is not None:
         server.socket.close()  # the listener belongs to the main process

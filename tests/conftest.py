@@ -196,3 +196,12 @@ def spare_redis(tmp_path: Any) -> Iterator[SpareRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Any) -> Iterator[SpareRedis]:
+    """A private redis-server whose data survives a restart (appendfsync always)."""
+    server = SpareRedis(str(tmp_path), appendfsync="always")
+    server.start()
+    yield server
+    server.stop()

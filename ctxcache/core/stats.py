@@ -90,6 +90,7 @@ class CacheStats:
     hook_inline_only: int = 0
     hook_queued_only: int = 0
     hook_failed: int = 0
+    hook_applied_later: int = 0  # refused by Redis in a hook, applied later by its process
     safety_net_in_effect: int = 0
     safety_net_reapplied: int = 0
     safety_net_unavailable: int = 0

@@ -60,6 +60,10 @@ COUNTERS: Final[Mapping[str, tuple[str, str]]] = {
     "ctxcache_superseded": ("superseded", "Writes dropped: invalidated while loading."),
     "ctxcache_invalidations": ("invalidations", "Invalidations and section updates."),
     "ctxcache_coalesced": ("coalesced", "Misses served by another caller's load."),
+    "ctxcache_hook_applied_later": (
+        "hook_applied_later",
+        "Invalidations Redis refused in a booking hook, applied later by the hook's process.",
+    ),
 }
 
 
