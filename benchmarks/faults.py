@@ -15,7 +15,9 @@ broker too. One ``celery -A tasks worker -Q ctxcache.invalidate -c 2`` runs.
 2. Faults: 1,000 cached clients get one ``booking_created`` each over 30 s.
    Meanwhile the worker's process group is SIGKILLed and restarted three times
    and the cache's redis-server is SIGKILLed and restarted once, at random
-   moments (``CTXCACHE_BENCH_FAULTS_SEED``).
+   moments (``CTXCACHE_BENCH_FAULTS_SEED``). The hooks' process applies what
+   Redis refused once it answers; ``CTXCACHE_BENCH_FAULTS_WORKER_ONLY=1`` turns
+   that off, leaving the queued task as the only carrier.
 3. Then it waits at most 90 s for the stale contexts (keys still cached) to
    reach the floor: 0, or the hooks that raised InvalidationFailedError.
 """
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settle_s": 60.0 if quick else 90.0,
         "latency_samples": samples,
         "seed": int(os.environ.get("CTXCACHE_BENCH_FAULTS_SEED", "8")),
+        "worker_only": os.environ.get("CTXCACHE_BENCH_FAULTS_WORKER_ONLY", "") == "1",
     }
     results: dict[str, Any] = {
         "suite": "faults",
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["layouts"][layout] = {"error": f"{type(exc).__name__}: {exc}"}
             results["layouts"][layout]["wall_s"] = round(time.monotonic() - began, 1)
     print(report(results))
-    out = write_results("faults", quick, results)
+    out = write_results("faults-worker-only" if plan["worker_only"] else "faults", quick, results)
     print(f"\nfigures written to {out}")
     return results
 
@@ -129,6 +132,8 @@ def run_layout(layout: str, directory: Path, plan: dict[str, Any], rng: random.R
             broker_url = CacheSettings.load(redis_url=cache_url).effective_broker_url
         cache = ContextCache.from_url(cache_url)
         runtime.configure(cache=cache)  # the booking hooks' cache
+        if plan["worker_only"]:  # what Redis refused is left to the queued task alone
+            runtime.get_pending().close()
         stack.callback(cache.close)
         stack.callback(runtime.reset)
         app = tasks.create_app(broker_url=broker_url)
@@ -330,6 +335,11 @@ def report(r: dict[str, Any]) -> str:
     latency = [["layout", "hook p50/p99: inline-first", "queue-only"]]
     latency[0] += ["context gone p50/p99: inline-first", "queue-only"]
     notes = []
+    carriers = (
+        "owed invalidations left to the worker alone"
+        if plan["worker_only"]
+        else ("the hooks' process applies what Redis refused once it answers")
+    )
     for name, layout in r["layouts"].items():
         if "error" in layout:
             notes.append(f"  {name}: FAILED: {layout['error']}")
@@ -359,7 +369,7 @@ def report(r: dict[str, Any]) -> str:
         f"  python     {env['python']} ({libs}); redis-server {env['redis_server']}",
         f"  method     {plan['bookings']} bookings over {plan['seconds']:g} s, worker group"
         f" SIGKILLed {WORKER_KILLS}x, cache redis-server SIGKILLed once and restarted"
-        f" {CACHE_DOWN_SECONDS:g} s later (seed {plan['seed']});"
+        f" {CACHE_DOWN_SECONDS:g} s later (seed {plan['seed']}); {carriers};"
         f" then at most {plan['settle_s']:g} s for the stale count to reach the raised hooks",
         "",
         table(faults),
