@@ -281,7 +281,7 @@ class Story:
         started = time.perf_counter()
         route = booking_created(self.phone, self.company, app=self.app).value
         gone = lambda: not self.cache.client.exists(self.key)  # noqa: E731
-        _wait(gone, f"the worker to apply the invalidation (route {route})")
+        _wait(gone, f"the invalidation to apply (outcome {route})")
         return route, time.perf_counter() - started
 
     def run(self) -> None:

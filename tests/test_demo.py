@@ -74,7 +74,8 @@ def assert_story(output: str, db: Path) -> None:
     assert "second load: hit, from the cache" in text
     assert re.search(r"context: [\d,]+ bytes of JSON, [\d,]+ stored \(\d+%, zstd\)", text)
     assert f"created booking #{booking} in the database" in text
-    assert re.search(r"booking_created hook: invalidation queued; key gone [\d.,]+ m?s later", text)
+    hook = r"booking_created hook: invalidation inline_and_queued; key gone [\d.,]+ m?s later"
+    assert re.search(hook, text)
     assert "next load: miss, from the database" in text
     assert f"client.upcomingBookings now lists booking #{booking}:" in text
     vips = list_vip_clients(db)
