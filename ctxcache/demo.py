@@ -272,6 +272,8 @@ class Story:
         hits = self.cache.stats().hits
         load = self.cache.load_full_context
         context, seconds = _timed(lambda: load(self.phone, self.company, self.loader))
+        if context is None:
+            raise DemoError(f"the sample database does not know {mask_phone(self.phone)}")
         return context, "hit" if self.cache.stats().hits > hits else "miss", seconds
 
     def invalidate(self) -> tuple[str, float]:
