@@ -16,7 +16,8 @@ import redis
 
 from ctxcache.settings import redact_url
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/full_context_300k.json"
+# The sample context ships with the repository, next to the tests that use it too.
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "full_context_300k.json"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
