@@ -37,6 +37,11 @@ broker_transport_options: dict[str, Any] = {
     "socket_timeout": 5,
     "socket_connect_timeout": _settings.publish_timeout,
 }
+if _settings.broker_key_prefix:
+    # Redis broker: every queue, binding and unacked key starts with the prefix, so
+    # two namespaces (the tests', the demo's, a second deployment) can share a
+    # database without consuming each other's messages. AMQP ignores it: use a vhost.
+    broker_transport_options["global_keyprefix"] = _settings.broker_key_prefix
 broker_connection_timeout = _settings.publish_timeout
 broker_connection_retry_on_startup = True
 

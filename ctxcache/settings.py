@@ -80,6 +80,8 @@ class CacheSettings(BaseSettings):
 
     # Celery side (tasks/ and celeryconfig.py).
     broker_url: str | None = None
+    broker_key_prefix: str = ""
+    """Prefix of every key a Redis broker writes (kombu's ``global_keyprefix``)."""
     loader: str | None = None
     vip_source: str | None = None
     warmup_interval: float = Field(default=600.0, gt=0)
@@ -107,7 +109,7 @@ class CacheSettings(BaseSettings):
             raise ValueError(f"unknown region {value!r}; use a code such as RU, KZ or DE")
         return region
 
-    @field_validator("key_prefix")
+    @field_validator("key_prefix", "broker_key_prefix")
     @classmethod
     def _usable_prefix(cls, value: str) -> str:
         problem = prefix_problem(value)

@@ -1,8 +1,8 @@
 """The ``ctxcache`` command through its entry point, against the real test Redis.
 
 Most tests run ``python -m ctxcache.ops.cli`` as a subprocess, as a shell would;
-the quick input checks use typer's ``CliRunner``. Workers started here use
-their own broker database (``CTXCACHE_TEST_CLI_BROKER``, default db 5).
+the quick input checks use typer's ``CliRunner``. The commands get the test
+database as their broker too; the worker started here uses a private redis-server.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ctxcache.core.layout import DEFAULT_COMPANY_SECTIONS
 from ctxcache.ops import cli
 from ctxcache.ops.doctor import Check, run_checks
 
-BROKER = os.environ.get("CTXCACHE_TEST_CLI_BROKER", "redis://127.0.0.1:6379/5")
+BROKER = TEST_REDIS_URL  # the one test database; no test here consumes from it
 KEY = f"full_context:{COMPANY}:{PHONE}"
 OTHER = "+79007654321"
 SECRET = "s3cret-Pa55"

@@ -25,12 +25,27 @@ from ctxcache.core.wire import (
     WireCodec,
 )
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "full_context_300k.json"
+REPO = Path(__file__).resolve().parents[1]
+# The ~300 KB sample context the tests and the benchmarks share; it ships with the repository.
+FIXTURE = REPO / "tests" / "data" / "full_context_300k.json"
 
 
 def load_fixture() -> dict[str, Any]:
     data: dict[str, Any] = orjson.loads(FIXTURE.read_bytes())
     return data
+
+
+def test_the_fixture_ships_inside_the_repository() -> None:
+    """A fresh clone is self-contained: no code, test or benchmark reads beside the checkout."""
+    assert FIXTURE.is_file()
+    outside = ("/".join(["..", "shared"]), "/".join(["shared", "fixtures"]))  # apart: no self-match
+    readers = [
+        str(path.relative_to(REPO))
+        for folder in ("ctxcache", "tasks", "tests", "benchmarks")
+        for path in (REPO / folder).rglob("*.py")
+        if any(text in path.read_text(encoding="utf-8") for text in outside)
+    ]
+    assert readers == []
 
 
 json_values = st.recursive(
