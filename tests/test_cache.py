@@ -172,7 +172,7 @@ def test_a_loader_result_that_is_not_a_mapping_raises(any_cache: ContextCache) -
 
 def test_a_loader_that_does_not_know_the_client_gives_none(any_cache: ContextCache) -> None:
     assert any_cache.load_full_context(PHONE, COMPANY, lambda p, c: None) is None
-    assert any_cache.client.keys("*") == []  # nothing cached, no lock left
+    assert not any_cache.client.keys("*context*")  # nothing cached, no lock left
 
 
 @pytest.mark.parametrize("ttl", [0, -5, "12h", True, float("nan")])
