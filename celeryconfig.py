@@ -49,9 +49,14 @@ broker_transport_options: dict[str, Any] = {
     "socket_timeout": 5,
     "socket_connect_timeout": _settings.publish_timeout,
 }
+if _settings.broker_key_prefix:
+    # Redis broker: every queue, binding and unacked key starts with the prefix, so
+    # two namespaces (the tests', the demo's, a second deployment) can share a
+    # database without consuming each other's messages. AMQP ignores it: use a vhost.
+    broker_transport_options["global_keyprefix"] = _settings.broker_key_prefix
 
-# A worker that consumes ctxcache.invalidate alone switches to these options when
-# it starts (tasks/transport.py). The short visibility timeout brings a killed
+# A worker that consumes ctxcache.invalidate alone lays these over the options
+# above when it starts (tasks/transport.py). The short visibility timeout brings a killed
 # worker's invalidations back in seconds instead of an hour. The unacked keys are
 # their own because kombu's sweep restores every entry of its index older than
 # its own timeout, whatever queue it came from: on the shared index it would
@@ -59,7 +64,6 @@ broker_transport_options: dict[str, Any] = {
 # A stale sweep lock (its holder was killed mid-sweep) blocks the sweeps only
 # for a fraction of the timeout, not kombu's default 300 s.
 INVALIDATE_TRANSPORT_OPTIONS: dict[str, Any] = {
-    **broker_transport_options,
     "visibility_timeout": _settings.invalidate_visibility_timeout,
     **restore_cadence(_settings.invalidate_visibility_timeout),
     "unacked_key": f"{INVALIDATE_QUEUE}.unacked",

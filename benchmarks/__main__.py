@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 # Suite name -> module exposing ``run(args: argparse.Namespace) -> dict``.
@@ -21,7 +22,9 @@ SUITES: dict[str, str] = {
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Run ctxcache's benchmark suites against the local Redis.",
+        description="Run ctxcache's benchmark suites against a Redis (and RabbitMQ). They write"
+        " only keys under ctxcache-bench: (and the RabbitMQ vhost ctxcache_bench) and delete"
+        " those keys at the end; no database is flushed. See benchmarks/README.md.",
     )
     parser.add_argument(
         "suites",
@@ -39,6 +42,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="a short run (30 iterations, 100 contexts): a smoke test",
+    )
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="the Redis to run on (default: CTXCACHE_REDIS_URL, else redis://127.0.0.1:6379/0);"
+        " only keys under ctxcache-bench: are written there, and deleted at the end",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to write the figures (default: benchmarks/results)",
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.suites if name not in SUITES]

@@ -1,7 +1,8 @@
 """Celery suite: invalidation latency and VIP warm-up throughput through real workers.
 
 For each broker (Redis, RabbitMQ) one ``celery -A tasks worker -c 4`` runs as a
-subprocess against the cache in Redis db 12 (``CTXCACHE_BENCH_CELERY_REDIS_URL``).
+subprocess against the cache on ``--url`` (else ``CTXCACHE_REDIS_URL``, else
+local db 0).
 
 * Invalidation: the time from calling ``tasks.booking_created`` to the context's
   key being gone, one booking at a time, each on a freshly cached key. The
@@ -12,8 +13,12 @@ subprocess against the cache in Redis db 12 (``CTXCACHE_BENCH_CELERY_REDIS_URL``
   (``benchmarks.loaders:fixed_20ms``), one ``ctxcache.warm_vip_contexts``;
   the time until every context is cached, against the ideal 4 / 20 ms = 200/s.
 
-Only db 12 (cache), db 11 (Redis broker, ``CTXCACHE_BENCH_CELERY_REDIS_BROKER``)
-and the RabbitMQ vhost ``ctxcache_bench`` are written to and flushed/purged.
+What it writes: keys under ``ctxcache-bench:`` in that one database (the cache
+through ``CTXCACHE_KEY_PREFIX``, the Redis broker under ``ctxcache-bench:broker:``
+through kombu's ``global_keyprefix``), deleted at start and end; the RabbitMQ
+vhost ``ctxcache_bench`` (created with ``rabbitmqctl`` if missing, kept, its
+queues purged; without it the RabbitMQ half is skipped, never run on ``/``);
+and, for the run, ``notify-keyspace-events`` gains ``K$g`` (restored after).
 """
 
 from __future__ import annotations
@@ -42,18 +47,26 @@ from celery import Celery
 from redis.client import PubSub
 
 import tasks
-from benchmarks.common import cpu_model, table, write_results
+from benchmarks.common import (
+    NAMESPACE,
+    bench_cache,
+    bench_url,
+    cpu_model,
+    delete_bench_keys,
+    ensure_room,
+    table,
+    write_results,
+)
 from benchmarks.loaders import LOAD_SECONDS, fixture_context
 from ctxcache import ContextCache, VipRegistry
+from ctxcache.ops.namespace import delete_namespace
 from ctxcache.settings import redact_url
 from tasks import runtime
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE_URL = "redis://127.0.0.1:6379/12"
-REDIS_BROKER_URL = "redis://127.0.0.1:6379/11"
+BROKER_KEY_PREFIX = NAMESPACE + "broker:"  # the Redis broker's keys, beside the cache's
 VHOST = "ctxcache_bench"
 AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-AMQP_FALLBACK_URL = "amqp://guest:guest@127.0.0.1:5672//"
 LOADER = "benchmarks.loaders:fixed_20ms"
 COMPANY_ID = 962302
 CONCURRENCY = 4
@@ -70,16 +83,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = bool(getattr(args, "quick", False))
     bookings = getattr(args, "iterations", None) or (40 if quick else 300)
     vips = 200 if quick else 1000
-    cache_url = os.environ.get("CTXCACHE_BENCH_CELERY_REDIS_URL", CACHE_URL)
-    redis_broker = os.environ.get("CTXCACHE_BENCH_CELERY_REDIS_BROKER", REDIS_BROKER_URL)
+    cache_url = bench_url(args)
     admin = redis.Redis.from_url(cache_url)
-    broker_admin = redis.Redis.from_url(redis_broker)
-    dbs = [c.connection_pool.connection_kwargs.get("db", 0) for c in (admin, broker_admin)]
-    if 0 in dbs or dbs[0] == dbs[1]:
-        raise SystemExit(f"cache db and broker db must differ and not be 0 (got {dbs}): flushed")
+    ensure_room(admin, vips * 100_000, cache_url)  # ~82 KB of Redis memory per warmed context
     amqp_url, amqp_note = rabbitmq_vhost()
-    brokers = {"redis": redis_broker, "rabbitmq": amqp_url}
-    cache = ContextCache.from_url(cache_url)
+    brokers = {"redis": cache_url, "rabbitmq": amqp_url}
+    cache = bench_cache(cache_url)
     runtime.configure(cache=cache)
     results: dict[str, Any] = {
         "suite": "celery",
@@ -95,13 +104,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "brokers": {},
     }
-    admin.flushdb()
-    broker_admin.flushdb()
     try:
         with KeyWatcher(cache_url, cache) as watcher, tempfile.TemporaryDirectory() as logs:
             results["method"]["watch"] = watcher.method
             for name, url in brokers.items():
-                admin.flushdb()
+                delete_bench_keys(admin)  # the last broker's run, or an interrupted one
+                if url is None:
+                    results["brokers"][name] = {"url": "-", "skipped": amqp_note}
+                    continue
                 env = {"CTXCACHE_REDIS_URL": cache_url, "CTXCACHE_BROKER_URL": url}
                 try:
                     results["brokers"][name] = bench_broker(
@@ -112,20 +122,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     results["brokers"][name] = {"url": redact_url(url), "error": str(exc)}
     finally:
         runtime.reset()
-        cache.close()  # pushes its stats to db 12: before the flush
-        admin.flushdb()
-        broker_admin.flushdb()
+        cache.close()  # pushes its stats (under the namespace): before the clean-up
+        delete_bench_keys(admin)
         admin.close()
-        broker_admin.close()
     print(report(results))
-    out = write_results("celery", quick, results)
+    out = write_results("celery", quick, results, getattr(args, "results", None))
     print(f"\nfigures written to {out}")
     return results
 
 
-def rabbitmq_vhost() -> tuple[str, str]:
-    """The AMQP URL to use: vhost ``ctxcache_bench`` (created if missing), else ``/``."""
-    if "CTXCACHE_BENCH_CELERY_AMQP_URL" in os.environ:
+def rabbitmq_vhost() -> tuple[str | None, str]:
+    """The AMQP URL to use, vhost ``ctxcache_bench`` (created if missing), and a note.
+
+    None when the vhost cannot be made: the default vhost ``/`` may hold
+    someone's ``ctxcache.*`` queues, which the suite would purge and consume.
+    """
+    if os.environ.get("CTXCACHE_BENCH_CELERY_AMQP_URL"):
         url = os.environ["CTXCACHE_BENCH_CELERY_AMQP_URL"]
         return url, "CTXCACHE_BENCH_CELERY_AMQP_URL"
 
@@ -140,9 +152,12 @@ def rabbitmq_vhost() -> tuple[str, str]:
             ctl("add_vhost", VHOST)
             ctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
     except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", "") or exc
-        note = f"rabbitmqctl failed ({detail}); vhost / (only ctxcache.* queues purged)"
-        return AMQP_FALLBACK_URL, note
+        detail = str(getattr(exc, "stderr", "") or exc).strip()
+        note = (
+            f"skipped: rabbitmqctl could not make the vhost {VHOST} ({detail}); create it, or"
+            " set CTXCACHE_BENCH_CELERY_AMQP_URL to a vhost of the benchmark's own"
+        )
+        return None, note
     return AMQP_URL, f"dedicated vhost {VHOST}"
 
 
@@ -162,13 +177,15 @@ def bench_broker(
         connection.ensure_connection(max_retries=1)  # raises if unreachable, never hangs
         server = getattr(connection.connection, "server_properties", {}).get("version")
     app = tasks.create_app(broker_url=url)
+    options = app.conf.broker_transport_options  # the worker's: CTXCACHE_BROKER_KEY_PREFIX
+    app.conf.broker_transport_options = {**options, "global_keyprefix": BROKER_KEY_PREFIX}
     purge_queues(app)
     result: dict[str, Any] = {"url": redact_url(url), "server": server}
     try:
         with celery_worker(app, env, log) as (ready_s, pgid):
             result["worker_ready_s"] = round(ready_s, 2)
             result["invalidation"] = measure_invalidation(app, cache, watcher, bookings)
-            cache.client.flushdb()  # db 12 only: the cache
+            delete_namespace(cache.client, NAMESPACE + "full_context:")  # the bookings' keys
             result["warmup"] = measure_warmup(app, cache, watcher, vips, pgid)
     finally:
         purge_queues(app)
@@ -196,7 +213,9 @@ def celery_worker(app: Celery, env: dict[str, str], log: Path) -> Iterator[tuple
     argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     argv += ["-n", f"{name}@%h", "--loglevel", "WARNING"]
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO), "CTXCACHE_LOADER": LOADER}
+    full_env.update(CTXCACHE_KEY_PREFIX=NAMESPACE, CTXCACHE_BROKER_KEY_PREFIX=BROKER_KEY_PREFIX)
     full_env.pop("CTXCACHE_VIP_SOURCE", None)  # the warm-up must read the registry
+    full_env.pop("CTXCACHE_METRICS_PORT", None)  # not the user's metrics port
     started = time.monotonic()
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -442,6 +461,9 @@ def report(r: dict[str, Any]) -> str:
     for name, b in r["brokers"].items():
         if "error" in b:
             brokers.append(f"  {name:<13} {b['url']}: FAILED: {b['error'].splitlines()[0]}")
+            continue
+        if "skipped" in b:
+            brokers.append(f"  {name:<13} {b['skipped']}")
             continue
         server = b["server"] or "server version n/a"
         brokers.append(f"  {name:<13} {b['url']} ({server}), worker up in {b['worker_ready_s']} s")

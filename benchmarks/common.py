@@ -1,4 +1,10 @@
-"""What every benchmark suite shares: options, the fixture, scratch databases, reports."""
+"""What every benchmark suite shares: options, the fixture, the bench namespace, reports.
+
+Every suite writes only keys under :data:`NAMESPACE` (its cache through
+``CTXCACHE_KEY_PREFIX``, the Redis broker through kombu's ``global_keyprefix``,
+the floors and peers under explicit names), deletes them all at its start and
+its end, and never flushes a database: the server it runs on may hold real data.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,22 @@ from typing import Any
 import orjson
 import redis
 
-from ctxcache.settings import redact_url
+from ctxcache import ContextCache
+from ctxcache.ops.namespace import delete_namespace
+from ctxcache.settings import CacheSettings, redact_url
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/full_context_300k.json"
+# The sample context ships with the repository, next to the tests that use it too.
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "full_context_300k.json"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+# Every key a suite writes starts with this, or is ctxcache's "{ctxcache-bench:...}" hash tag.
+NAMESPACE = "ctxcache-bench:"
+HEADROOM = 1.5  # room to keep below maxmemory beyond what a suite will write at its peak
+
+
+def bench_url(args: argparse.Namespace) -> str:
+    """``--url``, else ``CTXCACHE_REDIS_URL`` (``ctxcache --url ... bench`` sets it), else local."""
+    return getattr(args, "url", None) or os.environ.get("CTXCACHE_REDIS_URL") or DEFAULT_URL
 
 
 def iteration_options(args: argparse.Namespace) -> tuple[bool, int, int]:
@@ -35,19 +53,40 @@ def load_fixture() -> tuple[Path, bytes, dict[str, Any]]:
     return path, raw, context
 
 
-def scratch_client(url: str) -> redis.Redis:
-    """A client for a database the suite will flush; db 0 is refused."""
-    client = redis.Redis.from_url(url)
-    if client.connection_pool.connection_kwargs.get("db", 0) == 0:
-        client.close()
-        raise SystemExit(f"{redact_url(url)}: choose a database other than 0; it is flushed")
-    return client
+def bench_cache(url: str, prefix: str = NAMESPACE) -> ContextCache:
+    """A cache on ``url`` whose every key starts with ``prefix`` (other settings: environment)."""
+    return ContextCache.from_settings(CacheSettings.load(redis_url=url, key_prefix=prefix))
 
 
-def write_results(suite: str, quick: bool, results: dict[str, Any]) -> Path:
+def delete_bench_keys(client: redis.Redis, *extra_patterns: str) -> int:
+    """UNLINK every key of the bench namespace (and of ``extra_patterns``), and nothing else."""
+    return delete_namespace(client, NAMESPACE, extra_patterns)
+
+
+def ensure_room(admin: redis.Redis, peak_bytes: int, url: str) -> None:
+    """Refuse to run when writing ``peak_bytes`` could reach the server's ``maxmemory``.
+
+    There an evicting policy would drop other people's keys to make room for
+    ours, and ``noeviction`` would fail their writes.
+    """
+    info = admin.info("memory")
+    limit, used = int(info.get("maxmemory", 0)), int(info["used_memory"])
+    if limit and used + HEADROOM * peak_bytes > limit:
+        raise SystemExit(
+            f"{redact_url(url)}: the benchmark writes up to {peak_bytes / 1e6:,.0f} MB at once;"
+            f" with {used / 1e6:,.0f} MB used of maxmemory {limit / 1e6:,.0f} MB"
+            f" ({info.get('maxmemory_policy')}) that could evict or refuse other keys."
+            " Run it on another server (--url), or use --quick."
+        )
+
+
+def write_results(
+    suite: str, quick: bool, results: dict[str, Any], directory: Path | None = None
+) -> Path:
     """``results/<suite>.json`` (quick runs: ``<suite>.quick.json``, git-ignored)."""
-    RESULTS_DIR.mkdir(exist_ok=True)
-    out = RESULTS_DIR / (f"{suite}.quick.json" if quick else f"{suite}.json")
+    directory = directory or RESULTS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / (f"{suite}.quick.json" if quick else f"{suite}.json")
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
 

@@ -9,10 +9,11 @@ medians from the same run. cashews is asyncio-only, so the whole run happens
 inside one event loop and its operations are timed around their ``await``.
 
 Memory: ``INFO memory`` ``used_memory`` growth after storing N distinct keys
-through each contender's API, the database flushed between contenders.
+through each contender's API, the contender's keys deleted before the next.
 
-Runs against ``CTXCACHE_BENCH_PEERS_REDIS_URL`` (default db 7), which it
-flushes at start and end; other databases are never touched.
+Runs against ``--url`` (else ``CTXCACHE_REDIS_URL``, else local db 0) and
+writes only keys under ``ctxcache-bench:`` (and dogpile's lock for one of them,
+``_lockctxcache-bench:dogpile``), which it deletes at start and end.
 """
 
 from __future__ import annotations
@@ -45,26 +46,30 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from benchmarks.common import (
-    RESULTS_DIR,
+    NAMESPACE,
+    bench_cache,
+    bench_url,
     cpu_model,
+    delete_bench_keys,
+    ensure_room,
     iteration_options,
     load_fixture,
     ms,
-    scratch_client,
     summary,
     table,
     write_results,
 )
-from ctxcache import ContextCache
 from ctxcache.settings import redact_url
 
-DEFAULT_URL = "redis://127.0.0.1:6379/7"
 PHONE = "+79001234567"
 COMPANY_ID = 962302
 TTL = 43200
 MEASURES = ("hit", "set", "load_through")
 LABELS = {"hit": "hit", "set": "set", "load_through": "load-through"}
 LIBRARIES = ("redis", "hiredis", "orjson", "zstandard", "dogpile.cache", "cashews", "matplotlib")
+DOGPILE_KEY, CASHEWS_KEY, PLAIN_KEY = (NAMESPACE + name for name in ("dogpile", "cashews", "plain"))
+# dogpile's distributed lock is "_lock" + the key; its lock_prefix allows 10 characters only.
+DOGPILE_LOCKS = "_lock" + NAMESPACE + "*"
 
 Op = Callable[[], Any]  # a blocking call, or one returning an awaitable (cashews)
 
@@ -91,6 +96,7 @@ class Contender:
     load_through: Op
     forget: Op  # deletes ``key``; untimed, before each load-through
     store: Callable[[int], Any]  # stores the context under the i-th of N distinct keys
+    stored_keys: str  # SCAN pattern of the keys ``store`` writes
     close: Op
     loader: CountingLoader
 
@@ -99,11 +105,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the suite, print the report, write ``results/peers[.quick].{json,png}``."""
     quick, iterations, warmup = iteration_options(args)
     count = 100 if quick else 1000
-    url = os.environ.get("CTXCACHE_BENCH_PEERS_REDIS_URL", DEFAULT_URL)
+    url = bench_url(args)
     fixture, raw_json, context = load_fixture()
 
-    admin = scratch_client(url)  # INFO, FLUSHDB, GET of stored values, MEMORY USAGE
-    admin.flushdb()
+    admin = redis.Redis.from_url(url)  # INFO, GET of stored values, MEMORY USAGE, clean-up
+    ensure_room(admin, count * 320_000, url)  # the largest contender stores ~312 KB a context
+    delete_bench_keys(admin, DOGPILE_LOCKS)  # an interrupted run's
     try:
         results: dict[str, Any] = {
             "suite": "peers",
@@ -115,28 +122,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "order": "round-robin, start rotating each iteration",
             },
         }
-        peers = contenders(url, admin.connection_pool.connection_kwargs, context)
+        peers = contenders(url, context)
         results.update(
             asyncio.run(
                 measure_all(admin, peers, context, iterations, warmup, count, len(raw_json))
             )
         )
     finally:
-        admin.flushdb()
+        delete_bench_keys(admin, DOGPILE_LOCKS)
         admin.close()
     print(report(results))
-    stem = write_results("peers", quick, results).stem
-    chart(results, RESULTS_DIR / f"{stem}.png")
-    print(f"\nfigures written to {RESULTS_DIR / stem}.json and {stem}.png")
+    out = write_results("peers", quick, results, getattr(args, "results", None))
+    chart(results, out.with_suffix(".png"))
+    print(f"\nfigures written to {out} and {out.with_suffix('.png').name}")
     return results
 
 
 # -- contenders --------------------------------------------------------------------------
 
 
-def contenders(url: str, conn: dict[str, Any], context: dict[str, Any]) -> list[Contender]:
-    """The four caches, each configured as its documentation shows, on the same database."""
-    cache = ContextCache.from_url(url)
+def contenders(url: str, context: dict[str, Any]) -> list[Contender]:
+    """The four caches, each configured as its documentation shows, on the same database.
+
+    Every key is under the bench namespace: ctxcache's through its key prefix,
+    the others' by name.
+    """
+    cache = bench_cache(url)
     ctx_loader = CountingLoader(context)
     ctxcache = Contender(
         "ctxcache",
@@ -147,6 +158,7 @@ def contenders(url: str, conn: dict[str, Any], context: dict[str, Any]) -> list[
         load_through=lambda: cache.load_full_context(PHONE, COMPANY_ID, ctx_loader),
         forget=lambda: cache.invalidate_cached_context(PHONE, COMPANY_ID),
         store=lambda i: cache.set_cached_full_context(f"+7900000{i:04d}", COMPANY_ID, context),
+        stored_keys=NAMESPACE + "full_context:*",
         close=cache.close,
         loader=ctx_loader,
     )
@@ -154,9 +166,7 @@ def contenders(url: str, conn: dict[str, Any], context: dict[str, Any]) -> list[
     region = make_region().configure(
         "dogpile.cache.redis",
         arguments={
-            "host": conn.get("host", "localhost"),
-            "port": conn.get("port", 6379),
-            "db": conn["db"],
+            "url": url,
             "redis_expiration_time": TTL,
             "distributed_lock": True,
             "thread_local_lock": False,  # as dogpile's docs pair it; it warns otherwise
@@ -167,12 +177,13 @@ def contenders(url: str, conn: dict[str, Any], context: dict[str, Any]) -> list[
         "dogpile.cache",
         f"pickle.dumps (default protocol {pickle.DEFAULT_PROTOCOL}) after a JSON metadata"
         " header; no compression",
-        "bench:dogpile",
-        hit=lambda: region.get("bench:dogpile"),
-        set=lambda: region.set("bench:dogpile", context),
-        load_through=lambda: region.get_or_create("bench:dogpile", dogpile_creator),
-        forget=lambda: region.delete("bench:dogpile"),
-        store=lambda i: region.set(f"bench:dogpile:{i}", context),
+        DOGPILE_KEY,
+        hit=lambda: region.get(DOGPILE_KEY),
+        set=lambda: region.set(DOGPILE_KEY, context),
+        load_through=lambda: region.get_or_create(DOGPILE_KEY, dogpile_creator),
+        forget=lambda: region.delete(DOGPILE_KEY),
+        store=lambda i: region.set(f"{DOGPILE_KEY}:{i}", context),
+        stored_keys=DOGPILE_KEY + ":*",
         close=lambda: region.backend.writer_client.close(),
         loader=dogpile_creator,
     )
@@ -183,12 +194,13 @@ def contenders(url: str, conn: dict[str, Any], context: dict[str, Any]) -> list[
     cashews_ = Contender(
         "cashews",
         "pickle (HIGHEST_PROTOCOL), then repr() of every value read (check_repr); no compression",
-        "bench:cashews",
-        hit=lambda: cashews.get("bench:cashews"),
-        set=lambda: cashews.set("bench:cashews", context, expire=TTL),
-        load_through=lambda: cashews.get_or_set("bench:cashews", cashews_loader, expire=TTL),
-        forget=lambda: cashews.delete("bench:cashews"),
-        store=lambda i: cashews.set(f"bench:cashews:{i}", context, expire=TTL),
+        CASHEWS_KEY,
+        hit=lambda: cashews.get(CASHEWS_KEY),
+        set=lambda: cashews.set(CASHEWS_KEY, context, expire=TTL),
+        load_through=lambda: cashews.get_or_set(CASHEWS_KEY, cashews_loader, expire=TTL),
+        forget=lambda: cashews.delete(CASHEWS_KEY),
+        store=lambda i: cashews.set(f"{CASHEWS_KEY}:{i}", context, expire=TTL),
+        stored_keys=CASHEWS_KEY + ":*",
         close=cashews.close,
         loader=cashews_loader,
     )
@@ -198,7 +210,7 @@ def contenders(url: str, conn: dict[str, Any], context: dict[str, Any]) -> list[
     plain_loader = CountingLoader(context)
 
     def plain_get() -> Any:
-        raw = plain.get("bench:plain")
+        raw = plain.get(PLAIN_KEY)
         return None if raw is None else json.loads(raw)
 
     def node_style(value: Any) -> bytes:
@@ -209,18 +221,19 @@ def contenders(url: str, conn: dict[str, Any], context: dict[str, Any]) -> list[
         found = plain_get()
         if found is None:
             found = plain_loader()
-            plain.set("bench:plain", node_style(found), ex=TTL)
+            plain.set(PLAIN_KEY, node_style(found), ex=TTL)
         return found
 
     plain_json = Contender(
         "redis-py + json",
         "json.dumps(ensure_ascii=False), UTF-8 like JSON.stringify; no compression",
-        "bench:plain",
+        PLAIN_KEY,
         hit=plain_get,
-        set=lambda: plain.set("bench:plain", node_style(context), ex=TTL),
+        set=lambda: plain.set(PLAIN_KEY, node_style(context), ex=TTL),
         load_through=plain_load_through,
-        forget=lambda: plain.delete("bench:plain"),
-        store=lambda i: plain.set(f"bench:plain:{i}", node_style(context), ex=TTL),
+        forget=lambda: plain.delete(PLAIN_KEY),
+        store=lambda i: plain.set(f"{PLAIN_KEY}:{i}", node_style(context), ex=TTL),
+        stored_keys=PLAIN_KEY + ":*",
         close=plain.close,
         loader=plain_loader,
     )
@@ -345,13 +358,15 @@ async def measure_memory(
     admin: redis.Redis, c: Contender, count: int, raw_bytes: int
 ) -> dict[str, Any]:
     """``used_memory`` growth for ``count`` contexts stored through ``c``'s own API."""
-    admin.flushdb()
+    delete_bench_keys(admin, DOGPILE_LOCKS)
     before = used_memory(admin)
     for i in range(count):
         await settle(c.store(i))
     delta = used_memory(admin) - before
-    usage = sum(admin.memory_usage(key, samples=0) or 0 for key in admin.scan_iter(count=1000))
-    admin.flushdb()
+    keys = list(admin.scan_iter(match=c.stored_keys, count=1000))
+    assert len(keys) == count, f"{c.name}: {len(keys)} keys stored, {count} expected"
+    usage = sum(admin.memory_usage(key, samples=0) or 0 for key in keys)
+    delete_bench_keys(admin, DOGPILE_LOCKS)
     return {
         "used_memory_delta": delta,
         "per_1000_bytes": round(delta * 1000 / count),

@@ -1,10 +1,14 @@
 """ctxcache: a client's full dialog context cached in Redis, for every worker to share."""
 
-from ctxcache.client.sync import GENERATION_UNKNOWN, ContextCache, EnsureOutcome, WarmOutcome
+from ctxcache.client.sync import ContextCache
 from ctxcache.client.vip import VipRegistry
+from ctxcache.core.invalidation import EnsureOutcome, Invalidation
 from ctxcache.core.keys import KeyLayout, validate_company_id
+from ctxcache.core.layout import SectionLayout
+from ctxcache.core.loads import WarmOutcome
 from ctxcache.core.phone import mask_phone, normalize_phone
 from ctxcache.core.stats import CacheStats
+from ctxcache.core.writes import GENERATION_UNKNOWN
 from ctxcache.errors import (
     CacheUnavailableError,
     ConfigurationError,
@@ -15,9 +19,10 @@ from ctxcache.errors import (
     InvalidContextError,
     InvalidPhoneError,
     InvalidTTLError,
+    SectionScopeError,
     UndecodableValueError,
 )
-from ctxcache.protocols import ContextLoader, VipSource
+from ctxcache.protocols import ContextLoader, SectionedLoader, VipSource
 from ctxcache.settings import (
     DIALOG_CONTEXT_TTL,
     FULL_CONTEXT_TTL,
@@ -43,8 +48,12 @@ __all__ = [
     "InvalidContextError",
     "InvalidPhoneError",
     "InvalidTTLError",
+    "Invalidation",
     "InvalidationFailedError",
     "KeyLayout",
+    "SectionLayout",
+    "SectionScopeError",
+    "SectionedLoader",
     "UndecodableValueError",
     "VipRegistry",
     "VipSource",

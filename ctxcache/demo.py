@@ -4,6 +4,12 @@ Embedded by default: fakeredis (with Lua) as the cache server and a Celery
 worker in threads of this process on a ``memory://`` broker. With
 ``CTXCACHE_REDIS_URL`` set: that Redis and a real ``celery -A tasks worker``
 subprocess, or with ``--no-worker`` a worker that is already running.
+
+On a real server the demo writes only in its own namespace, ``ctxcache-demo:``:
+its cache keys (``CTXCACHE_KEY_PREFIX``) and its Redis broker's keys (kombu's
+``global_keyprefix``), so the user's VIP registry, fleet stats, warm-up lock,
+cached contexts and queues are never read or changed. At the end it deletes
+every key of that namespace, and says so.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 import redis
@@ -36,10 +43,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ctxcache import sample_salon as salon
+from ctxcache.client.connection import connect
 from ctxcache.client.sync import ContextCache
 from ctxcache.client.vip import VipRegistry
 from ctxcache.core.phone import mask_phone
 from ctxcache.errors import CtxCacheError
+from ctxcache.ops.namespace import delete_namespace
 from ctxcache.settings import CacheSettings, redact_url
 
 __all__ = ["main"]
@@ -47,6 +56,10 @@ __all__ = ["main"]
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 QUEUES = ["ctxcache.invalidate", "ctxcache.warmup"]
+# Every key the demo writes to a real server starts with this (or is a hash tag
+# "{ctxcache-demo:...}"): cache and Redis broker alike.
+NAMESPACE = "ctxcache-demo:"
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "librabbitmq"})
 WORKER_START_TIMEOUT = 60.0
 TASK_TIMEOUT = 30.0
 # The spec's benchmark table: operation, what the spec says, that in seconds.
@@ -61,7 +74,8 @@ EMBEDDED_NOTE = (
     " worker runs in threads of this process (memory:// broker). Nothing is written to any"
     " server.\nTo run against a real Redis and a real worker:\n"
     "  CTXCACHE_REDIS_URL=redis://127.0.0.1:6379/0 make demo\n"
-    "(the broker is CTXCACHE_BROKER_URL, by default the same server's next db)"
+    f"(the broker is CTXCACHE_BROKER_URL, by default the same server's next db; the demo"
+    f" writes only keys under {NAMESPACE} there and deletes them all at the end)"
 )
 SPEC_NOTE = (
     "The spec timed its Node service against the production database over an SSH tunnel; here"
@@ -90,6 +104,7 @@ class Backend:
     where: str  # the cache server, the broker and the worker, for the reader
     outcomes: Callable[[], Counter[str]] | None  # warm-up outcomes the worker reported
     embedded: bool = False
+    farewell: list[str] = field(default_factory=list)  # what it left behind, said at the end
 
 
 def _ms(seconds: float) -> str:
@@ -149,7 +164,9 @@ def embedded_backend(db: Path) -> Iterator[Backend]:
                 counts = cache.stats().as_dict().items()
                 return Counter({k[5:]: int(v) for k, v in counts if k.startswith("warm_")})
 
-            yield Backend(cache, app, "embedded", outcomes, embedded=True)
+            backend = Backend(cache, app, "embedded", outcomes, embedded=True)
+            backend.farewell.append("Embedded mode: nothing was written to any server.")
+            yield backend
     finally:
         runtime.reset()
         app.close()
@@ -157,12 +174,36 @@ def embedded_backend(db: Path) -> Iterator[Backend]:
         root.handlers[:] = saved[1]
 
 
+def demo_broker(url: str) -> tuple[str, str | None]:
+    """The demo's broker URL, and a note when ``CTXCACHE_BROKER_URL`` was set aside.
+
+    Always Redis, where its keys get the demo's prefix: ``CTXCACHE_BROKER_URL``
+    if that is Redis, else the cache's server, next database. RabbitMQ queues
+    cannot be prefixed; the demo's would be the user's ``ctxcache.*`` queues,
+    consumed by the user's workers (and the demo's worker would take theirs).
+    """
+    settings = CacheSettings.load(redis_url=url)
+    broker = settings.effective_broker_url
+    if urlsplit(broker).scheme not in AMQP_SCHEMES:
+        return broker, None
+    fallback = CacheSettings.load(redis_url=url, broker_url=None).effective_broker_url
+    note = (
+        f"CTXCACHE_BROKER_URL is RabbitMQ ({redact_url(broker)}): the demo uses a Redis broker"
+        f" on the cache's server instead, {redact_url(fallback)}, under {NAMESPACE}, so that"
+        " it cannot share queues with your workers"
+    )
+    return fallback, note
+
+
 @contextmanager
 def real_backend(db: Path, url: str, args: argparse.Namespace) -> Iterator[Backend]:
-    """The Redis at ``url`` and a ``celery -A tasks worker`` (ours, or one already running)."""
+    """The Redis at ``url`` and a ``celery -A tasks worker`` (ours, or one already running).
+
+    Everything is written under :data:`NAMESPACE` and deleted at the end.
+    """
     from tasks import create_app, runtime
 
-    settings = CacheSettings.load(redis_url=url)
+    settings = CacheSettings.load(redis_url=url, key_prefix=NAMESPACE)
     cache = ContextCache.from_settings(settings)
     shown = redact_url(settings.effective_redis_url)
     try:
@@ -174,11 +215,16 @@ def real_backend(db: Path, url: str, args: argparse.Namespace) -> Iterator[Backe
             " server (e.g. `redis-server`), correct CTXCACHE_REDIS_URL, or unset it to run the"
             " embedded demo."
         ) from exc
-    broker = settings.effective_broker_url  # what the worker computes from the same environment
+    broker, broker_note = demo_broker(url)
     app = create_app(broker_url=broker)
+    options = app.conf.broker_transport_options
+    app.conf.broker_transport_options = {**options, "global_keyprefix": NAMESPACE}
     runtime.reset()
     runtime.configure(cache=cache)  # the booking hooks' cache
-    where = f"Redis {shown}; broker {redact_url(broker)}"
+    where = f"Redis {shown}; broker {redact_url(broker)}; keys under {NAMESPACE} only"
+    if broker_note:
+        where += f"\n{broker_note}"
+    farewell: list[str] = []
     try:
         try:
             with app.connection_for_write() as connection:
@@ -188,35 +234,84 @@ def real_backend(db: Path, url: str, args: argparse.Namespace) -> Iterator[Backe
                 f"the Celery broker at {redact_url(broker)} is not reachable: {exc}\nFix: start"
                 " it, or set CTXCACHE_BROKER_URL (default: the cache's server, next db)."
             ) from exc
+        cleaned = _delete_namespace(settings, broker)  # leftovers of an interrupted run
+        if cleaned:
+            where += (
+                f"\n(deleted {cleaned} keys an earlier, interrupted demo left under {NAMESPACE})"
+            )
         if not args.no_worker:
-            with worker_process(db) as log:
+            with worker_process(db, broker) as log:
 
                 def outcomes() -> Counter[str]:
                     return Counter(_WARM_LINE.findall(log.read_text(errors="replace")))
 
-                yield Backend(cache, app, f"{where}; worker log {log}", outcomes)
+                yield Backend(cache, app, f"{where}\nworker log {log}", outcomes, farewell=farewell)
         elif app.control.ping(timeout=2.0):
-            yield Backend(cache, app, f"{where}; a worker already running", None)
+            yield Backend(cache, app, f"{where}; a worker already running", None, farewell=farewell)
         else:
             raise DemoError(
-                f"--no-worker: no Celery worker answered on {redact_url(broker)}. Start one"
-                " (`celery -A tasks worker -Q ctxcache.invalidate,ctxcache.warmup` with"
-                f" CTXCACHE_LOADER=ctxcache.sample_salon:load_context {salon.DEFAULT_DB_ENV}={db})"
+                f"--no-worker: no Celery worker answered on {redact_url(broker)} in the demo's"
+                " namespace. Start one (`celery -A tasks worker -Q"
+                f" ctxcache.invalidate,ctxcache.warmup` with {_worker_variables(db, broker)})"
                 " or drop --no-worker."
             )
     finally:
         runtime.reset()
         app.close()
-        cache.close()
+        cache.close()  # pushes this process's counters: before the namespace goes
+        try:
+            deleted = _delete_namespace(settings, broker)
+        except redis.RedisError as exc:
+            farewell.append(
+                f"Could not delete the demo's keys under {NAMESPACE}: {exc}. The next run"
+                " deletes them first."
+            )
+        else:
+            farewell.append(
+                f"Cleaned up: deleted the {deleted} keys the demo wrote under {NAMESPACE}"
+                f" ({shown} and the broker {redact_url(broker)}); it wrote no other key. Left"
+                f" behind: the sample database {db} and the worker's log"
+                f" {db.parent / 'worker.log'}."
+            )
+
+
+def _delete_namespace(settings: CacheSettings, broker: str) -> int:
+    """Delete the demo's keys from the cache's database and the broker's; how many there were."""
+    cache_client = connect(settings, socket_timeout=5.0)
+    broker_client = redis.Redis.from_url(broker, socket_timeout=5.0, socket_connect_timeout=5.0)
+    try:
+        # When both are one database the second finds nothing left: no need to compare URLs.
+        return delete_namespace(cache_client, NAMESPACE) + delete_namespace(
+            broker_client, NAMESPACE
+        )
+    finally:
+        cache_client.close()
+        broker_client.close()
+
+
+def _worker_variables(db: Path, broker: str) -> str:
+    names = _worker_environment(db, broker)
+    return " ".join(f"{k}={redact_url(v) if 'URL' in k else v}" for k, v in names.items())
+
+
+def _worker_environment(db: Path, broker: str) -> dict[str, str]:
+    """What the demo's worker is told, on top of the caller's CTXCACHE_REDIS_URL."""
+    return {
+        "CTXCACHE_KEY_PREFIX": NAMESPACE,
+        "CTXCACHE_BROKER_URL": broker,
+        "CTXCACHE_BROKER_KEY_PREFIX": NAMESPACE,
+        "CTXCACHE_LOADER": "ctxcache.sample_salon:load_context",
+        salon.DEFAULT_DB_ENV: str(db),
+    }
 
 
 @contextmanager
-def worker_process(db: Path) -> Iterator[Path]:
+def worker_process(db: Path, broker: str) -> Iterator[Path]:
     """``celery -A tasks worker`` in its own session; yields its log file; always stopped."""
     log = db.parent / "worker.log"
-    env = {**os.environ, "CTXCACHE_LOADER": "ctxcache.sample_salon:load_context"}
-    env[salon.DEFAULT_DB_ENV] = str(db)
+    env = {**os.environ, **_worker_environment(db, broker)}
     env.pop("CTXCACHE_VIP_SOURCE", None)  # it warms the VIP registry the demo fills
+    env.pop("CTXCACHE_METRICS_PORT", None)  # the user's metrics port is not the demo's
     argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", ",".join(QUEUES)]
     argv += ["-c", "2", "-n", f"ctxcache-demo-{os.getpid()}@%h", "--loglevel", "INFO"]
     argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -272,6 +367,8 @@ class Story:
         hits = self.cache.stats().hits
         load = self.cache.load_full_context
         context, seconds = _timed(lambda: load(self.phone, self.company, self.loader))
+        if context is None:
+            raise DemoError(f"the sample database does not know {mask_phone(self.phone)}")
         return context, "hit" if self.cache.stats().hits > hits else "miss", seconds
 
     def invalidate(self) -> tuple[str, float]:
@@ -428,7 +525,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ctxcache.demo",
         description="Play the spec's story against the sample salon database: embedded"
-        " (fakeredis and an in-process worker) unless CTXCACHE_REDIS_URL is set.",
+        " (fakeredis and an in-process worker) unless CTXCACHE_REDIS_URL is set. On a real"
+        f" Redis it writes only keys under {NAMESPACE} and deletes them all at the end.",
     )
     add = parser.add_argument
     add("--runs", type=int, default=5, help="runs per median (default 5)")
@@ -463,19 +561,27 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     console, errors = Console(highlight=False), Console(stderr=True, highlight=False)
     url = os.environ.get("CTXCACHE_REDIS_URL") or None
+    farewell: list[str] = []  # filled when the backend closes: what the demo left behind
     try:
         db = _database(console, (args.db or salon.default_db_path()).resolve(), args.quiet)
         with ExitStack() as stack:
             with nullcontext() if args.quiet else console.status("starting the Celery worker"):
                 chosen = embedded_backend(db) if url is None else real_backend(db, url, args)
                 backend = stack.enter_context(chosen)
+            farewell = backend.farewell
             Story(console, backend, db, args.runs, args.quiet).run()
     except (DemoError, CtxCacheError, redis.RedisError, sqlite3.Error, OSError) as exc:
         errors.print(f"[bold red]demo failed:[/] {exc}")
+        for line in farewell:
+            errors.print(line)
         return 1
     except KeyboardInterrupt:
         errors.print("interrupted")
+        for line in farewell:
+            errors.print(line)
         return 130
+    for line in farewell:
+        console.print(line)
     console.print("[bold green]demo finished[/]")
     return 0
 

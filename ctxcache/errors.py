@@ -18,6 +18,7 @@ __all__ = [
     "InvalidPhoneError",
     "InvalidTTLError",
     "InvalidationFailedError",
+    "SectionScopeError",
     "UndecodableValueError",
 ]
 
@@ -64,6 +65,20 @@ class InvalidContextError(CtxCacheError, ValueError):
     """A context is not a JSON object or holds values JSON cannot encode.
 
     Raised before anything is written, so a value already cached stays.
+    ``path`` locates the offending value (``services[3].price``) when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SectionScopeError(CtxCacheError, ValueError):
+    """A section was given where its scope does not allow it.
+
+    An unknown company section in an update, a company section passed to a
+    client update, or a loader that returns one where only client sections
+    belong. Raised before anything is written.
     """
 
 
@@ -71,7 +86,7 @@ class ContextTooLargeError(InvalidContextError):
     """A context's serialized JSON exceeds the configured cap."""
 
     def __init__(self, message: str, *, size: int, limit: int) -> None:
-        super().__init__(message)
+        super().__init__(message, path=None)
         self.size = size
         self.limit = limit
 

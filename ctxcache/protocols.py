@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ctxcache.errors import ConfigurationError
 
-__all__ = ["ContextLoader", "VipSource", "resolve_callable"]
+__all__ = ["ContextLoader", "SectionedLoader", "VipSource", "resolve_callable"]
 
 
 @runtime_checkable
@@ -16,10 +16,32 @@ class ContextLoader(Protocol):
     """Loads a client's full context from the database.
 
     Called with the normalized E.164 phone and the validated company id.
-    Returns a JSON object (a mapping of str keys to JSON values).
+    Returns a JSON object (a mapping of str keys to JSON values), or ``None``
+    for a client the database does not know (nothing is cached then). The
+    cache splits the result into the client's part and the company sections.
     """
 
-    def __call__(self, phone: str, company_id: int, /) -> Mapping[str, Any]: ...
+    def __call__(self, phone: str, company_id: int, /) -> Mapping[str, Any] | None: ...
+
+
+@runtime_checkable
+class SectionedLoader(Protocol):
+    """Loads a context in its parts, so that a miss loads only what is missing.
+
+    A new client of a company whose sections are cached then costs only
+    :meth:`load_client`. Either kind of loader may be passed where a loader
+    is expected; the cache tells them apart by these two methods.
+    """
+
+    def load_client(self, phone: str, company_id: int, /) -> Mapping[str, Any] | None:
+        """The client-scope sections of a client (no company section), or ``None`` if unknown."""
+        ...
+
+    def load_company_sections(
+        self, company_id: int, sections: Sequence[str], /
+    ) -> Mapping[str, Any]:
+        """Each of the named company sections (a company that lacks one returns it empty)."""
+        ...
 
 
 @runtime_checkable

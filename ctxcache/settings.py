@@ -6,16 +6,26 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import phonenumbers
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ctxcache.core.keys import prefix_problem
+from ctxcache.core.layout import DEFAULT_BOOKING_SECTIONS, DEFAULT_COMPANY_SECTIONS, SectionLayout
 from ctxcache.core.wire import (
     DEFAULT_COMPRESSION_LEVEL,
     DEFAULT_COMPRESSION_THRESHOLD,
     DEFAULT_MAX_CONTEXT_BYTES,
+    JsonDefault,
 )
 from ctxcache.errors import ConfigurationError
+from ctxcache.protocols import resolve_callable
 
 __all__ = [
     "DEVELOPMENT_PORT",
@@ -70,6 +80,8 @@ class CacheSettings(BaseSettings):
 
     # Celery side (tasks/ and celeryconfig.py).
     broker_url: str | None = None
+    broker_key_prefix: str = ""
+    """Prefix of every key a Redis broker writes (kombu's ``global_keyprefix``)."""
     loader: str | None = None
     vip_source: str | None = None
     warmup_interval: float = Field(default=600.0, gt=0)
@@ -79,6 +91,13 @@ class CacheSettings(BaseSettings):
     # Redis broker, workers consuming ctxcache.invalidate alone: a killed worker's
     # invalidations come back after this many seconds (see celeryconfig.py).
     invalidate_visibility_timeout: float = Field(default=30.0, ge=1)
+
+    # The sectioned layout: sections cached once per company (comma-separated),
+    # and those of them a booking changes. A bad list fails at start-up.
+    company_sections: str = ",".join(DEFAULT_COMPANY_SECTIONS)
+    booking_sections: str = ",".join(DEFAULT_BOOKING_SECTIONS)
+    # package.module:function turning values orjson cannot encode (Decimal...) into JSON.
+    json_default: str | None = None
 
     # Metrics: counters are pushed to Redis at most this often per process.
     stats_flush_interval: float = Field(default=10.0, gt=0)
@@ -93,7 +112,7 @@ class CacheSettings(BaseSettings):
             raise ValueError(f"unknown region {value!r}; use a code such as RU, KZ or DE")
         return region
 
-    @field_validator("key_prefix")
+    @field_validator("key_prefix", "broker_key_prefix")
     @classmethod
     def _usable_prefix(cls, value: str) -> str:
         problem = prefix_problem(value)
@@ -101,7 +120,29 @@ class CacheSettings(BaseSettings):
             raise ValueError(problem)
         return value
 
-    @field_validator("redis_url", "broker_url", "loader", "vip_source", mode="before")
+    @model_validator(mode="after")
+    def _usable_layout(self) -> CacheSettings:
+        self.section_layout()  # raises ConfigurationError naming the variable
+        return self
+
+    def section_layout(self) -> SectionLayout:
+        """The layout of sections and scopes that ``CTXCACHE_*_SECTIONS`` describe."""
+        return SectionLayout(
+            tuple(self.company_sections.split(",")), tuple(self.booking_sections.split(","))
+        )
+
+    def resolve_json_default(self) -> JsonDefault | None:
+        """The function ``CTXCACHE_JSON_DEFAULT`` names, if any (imported now)."""
+        if not self.json_default:
+            return None
+        function: JsonDefault = resolve_callable(
+            self.json_default, variable="CTXCACHE_JSON_DEFAULT"
+        )
+        return function
+
+    @field_validator(
+        "redis_url", "broker_url", "loader", "vip_source", "json_default", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # CTXCACHE_REDIS_URL= in an env file means "not set", not "a bad URL".

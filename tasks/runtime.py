@@ -90,9 +90,7 @@ def count(cache: ContextCache, name: str) -> None:
 
     It then travels with the cache's own counts: ``stats()``, the shared hash, Prometheus.
     """
-    # ContextCache has no public way to add to its counters yet; this is the one place
-    # that reaches in.
-    cache._stats.add(name)
+    cache.core.stats.add(name)
 
 
 def get_pending() -> PendingInvalidations:

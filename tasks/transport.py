@@ -1,9 +1,9 @@
 """A worker's broker transport options follow the queues it consumes.
 
 On a Redis broker the visibility timeout is per connection, and a worker has
-one. A worker that consumes ``ctxcache.invalidate`` alone switches, as it
-starts (``celeryd_init``), to ``celeryconfig.INVALIDATE_TRANSPORT_OPTIONS``: a
-short timeout and unacked keys of its own, so that a killed worker's
+one. A worker that consumes ``ctxcache.invalidate`` alone lays
+``celeryconfig.INVALIDATE_TRANSPORT_OPTIONS`` over its options as it starts
+(``celeryd_init``): a short timeout and unacked keys of its own, so that a killed worker's
 invalidations come back in seconds. A worker that also consumes warm-ups keeps
 the long timeout the warm-ups need, and says so in its log.
 """
@@ -40,9 +40,10 @@ def consumed_queues(
 
 
 def transport_options_for(queues: frozenset[str], default: dict[str, Any]) -> dict[str, Any]:
-    """The invalidation options for a worker of ``ctxcache.invalidate`` alone, else ``default``."""
+    """``default`` with the invalidation options laid over it for a worker of
+    ``ctxcache.invalidate`` alone; ``default`` itself for any other worker."""
     if queues == {INVALIDATE_QUEUE}:
-        return dict(INVALIDATE_TRANSPORT_OPTIONS)
+        return {**default, **INVALIDATE_TRANSPORT_OPTIONS}
     return default
 
 

@@ -1,8 +1,18 @@
-"""Shared fixtures: the real Redis (flushed per test), fakeredis, and a controllable clock.
+"""Shared fixtures: the real Redis (emptied per test), fakeredis, and a controllable clock.
 
 The real server comes from ``CTXCACHE_TEST_REDIS_URL`` (default db 15 of the
-local Redis). When it does not answer, integration tests skip locally and
+local Redis), the one database the whole suite writes to: the cache tests, the
+Redis broker of the Celery tests (its keys under ``ctxcache-test:broker:``), the
+CLI and the demo. When it does not answer, integration tests skip locally and
 fail when ``CI=true``: in CI they must run.
+
+The suite empties that database, so it first makes sure the database is its
+own: empty (then it writes the marker ``ctxcache-test:owner``) or carrying the
+marker from an earlier run. A database with keys and no marker stops the run
+before any test: pointing ``CTXCACHE_TEST_REDIS_URL`` at real data loses nothing.
+
+RabbitMQ: the vhost ``ctxcache_test``, created with ``rabbitmqctl`` when missing
+(``CTXCACHE_TEST_AMQP_BROKER`` overrides the URL); the default vhost is never used.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
@@ -20,9 +31,17 @@ import pytest
 import redis
 
 from ctxcache import CacheSettings, ContextCache
+from ctxcache.settings import redact_url
 
 TEST_REDIS_URL = os.environ.get("CTXCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# Keys under this prefix outlive a test (not its data): the marker and the broker's queues.
+TEST_NAMESPACE = "ctxcache-test:"
+OWNER_KEY = TEST_NAMESPACE + "owner"
+BROKER_KEY_PREFIX = TEST_NAMESPACE + "broker:"  # CTXCACHE_BROKER_KEY_PREFIX of the tests' workers
+AMQP_VHOST = "ctxcache_test"
+AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/{AMQP_VHOST}"
 
 PHONE = "+79001234567"
 COMPANY = 962302
@@ -39,6 +58,93 @@ def require_server(url: str, what: str) -> None:
         if IN_CI:
             pytest.fail(message + " (CI=true: integration tests must run)")
         pytest.skip(message)
+
+
+class NotOurDatabase(RuntimeError):
+    """The test database holds keys the suite did not write: it must not be emptied."""
+
+
+# Atomic: another client cannot slip a key in between the check and the marker.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if redis.call('DBSIZE') == 0 then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+return 0
+"""
+
+
+def claim_test_database(client: redis.Redis, url: str) -> None:
+    """Make the database the suite's: empty (then marked) or already marked; else refuse.
+
+    Raises :class:`NotOurDatabase` naming the URL and the foreign keys' count.
+    """
+    note = f"ctxcache test suite, {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: it empties this db"
+    if client.eval(_CLAIM, 1, OWNER_KEY, note) == 1:
+        return
+    count = client.dbsize()
+    raise NotOurDatabase(
+        f"the test database {redact_url(url)} holds {count} key{'s' * (count != 1)} that the"
+        f" test suite did not write (no {OWNER_KEY} marker); refusing to empty it. Point"
+        " CTXCACHE_TEST_REDIS_URL at an empty database (default redis://127.0.0.1:6379/15);"
+        " the suite marks it and empties it before and after each test."
+    )
+
+
+def clear_test_database(client: redis.Redis) -> None:
+    """Delete the keys of the last test: every key outside ``TEST_NAMESPACE``."""
+    keep = TEST_NAMESPACE.encode()
+    doomed = [key for key in client.scan_iter(count=1000) if not key.startswith(keep)]
+    for start in range(0, len(doomed), 1000):
+        client.unlink(*doomed[start : start + 1000])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _owned_test_database() -> Iterator[None]:
+    """Before any test: the test database must be the suite's (see the module docstring)."""
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError:
+        client.close()
+        yield  # not reachable: the tests that need it skip (fail in CI) by themselves
+        return
+    try:
+        claim_test_database(client, TEST_REDIS_URL)
+    except NotOurDatabase as exc:
+        client.close()
+        pytest.exit(str(exc), returncode=pytest.ExitCode.TESTS_FAILED)
+    yield
+    if client.exists(OWNER_KEY):  # still ours: leave it empty, marker included
+        client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The tests' RabbitMQ broker: the vhost ``ctxcache_test``, created (for guest) if missing."""
+    if os.environ.get("CTXCACHE_TEST_AMQP_BROKER"):
+        return os.environ["CTXCACHE_TEST_AMQP_BROKER"]
+
+    def ctl(*argv: str) -> str:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", *argv], capture_output=True, text=True, timeout=60, check=True
+        )
+        return done.stdout
+
+    try:
+        if AMQP_VHOST not in ctl("list_vhosts").split():
+            ctl("add_vhost", AMQP_VHOST)
+            ctl("set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*")
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = (getattr(exc, "stderr", None) or str(exc)).strip()
+        message = (
+            f"cannot make the RabbitMQ vhost {AMQP_VHOST} ({detail}); create it"
+            f" (rabbitmqctl add_vhost {AMQP_VHOST}; rabbitmqctl set_permissions -p {AMQP_VHOST}"
+            " guest '.*' '.*' '.*') or set CTXCACHE_TEST_AMQP_BROKER"
+        )
+        if IN_CI:
+            pytest.fail(message + " (CI=true: Celery tests must run)")
+        pytest.skip(message)
+    return AMQP_URL
 
 
 class FakeClock:
@@ -79,9 +185,9 @@ def real_redis_url() -> str:
 @pytest.fixture
 def real_client(real_redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(real_redis_url)
-    client.flushdb()
+    clear_test_database(client)
     yield client
-    client.flushdb()
+    clear_test_database(client)
     client.close()
 
 

@@ -1,13 +1,14 @@
 """Celery behaviour with real `celery -A tasks worker|beat` processes on real brokers.
 
 Every test that needs a broker runs twice: with Redis and with RabbitMQ as the
-broker. The cache is always the real test Redis. Nothing here uses eager mode.
+broker. The cache is always the real test Redis; the Redis broker lives in the
+same database under its own key prefix, RabbitMQ in the tests' own vhost.
+Nothing here uses eager mode.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,15 @@ import kombu
 import pytest
 import redis
 from celery import Celery
-from conftest import COMPANY, IN_CI, PHONE, TEST_REDIS_URL, free_port, make_settings
+from conftest import (
+    BROKER_KEY_PREFIX,
+    COMPANY,
+    IN_CI,
+    PHONE,
+    TEST_REDIS_URL,
+    free_port,
+    make_settings,
+)
 from worker_support import (
     DELAY_KEY,
     LOADING_KEY,
@@ -39,17 +48,15 @@ from tasks import (
 pytestmark = pytest.mark.celery
 
 KEY = f"full_context:{COMPANY}:{PHONE}"
-BROKERS = {
-    "redis": os.environ.get("CTXCACHE_TEST_REDIS_BROKER", "redis://127.0.0.1:6379/13"),
-    "rabbitmq": os.environ.get("CTXCACHE_TEST_AMQP_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
-}
+BROKERS = ["redis", "rabbitmq"]
 VIPS = [("+79001234567", COMPANY), ("+79007654321", COMPANY), ("+79005550000", 1001)]
 _names = itertools.count()
 
 
-@pytest.fixture(params=list(BROKERS))
+@pytest.fixture(params=BROKERS)
 def broker(request: pytest.FixtureRequest) -> str:
-    url = BROKERS[request.param]
+    """The Redis broker (the test database, keys under BROKER_KEY_PREFIX) or RabbitMQ's vhost."""
+    url = TEST_REDIS_URL if request.param == "redis" else str(request.getfixturevalue("amqp_url"))
     try:
         with kombu.Connection(url, connect_timeout=2) as connection:
             connection.ensure_connection(max_retries=1)
@@ -65,6 +72,8 @@ def broker(request: pytest.FixtureRequest) -> str:
 def app(broker: str) -> Iterator[Celery]:
     """The publishing side, as booking code has it; queues purged before each test."""
     celery_app = create_app(broker_url=broker)
+    options = celery_app.conf.broker_transport_options
+    celery_app.conf.broker_transport_options = {**options, "global_keyprefix": BROKER_KEY_PREFIX}
     with celery_app.connection_for_write() as connection:
         channel = connection.default_channel
         for queue in celery_app.conf.task_queues:
@@ -95,6 +104,7 @@ def celery_process(broker: str, tmp_path: Path) -> Iterator[Callable[..., Celery
         base = {
             "CTXCACHE_REDIS_URL": TEST_REDIS_URL,
             "CTXCACHE_BROKER_URL": broker,
+            "CTXCACHE_BROKER_KEY_PREFIX": BROKER_KEY_PREFIX,
             "CTXCACHE_LOADER": "worker_support:load_context",
         }
         number = next(_names)
@@ -280,6 +290,7 @@ def test_worker_with_a_wrong_dotted_path_stops_at_start(
     env = {
         "CTXCACHE_REDIS_URL": TEST_REDIS_URL,
         "CTXCACHE_BROKER_URL": broker,
+        "CTXCACHE_BROKER_KEY_PREFIX": BROKER_KEY_PREFIX,
         "CTXCACHE_LOADER": "worker_support:load_context",
         variable: path,
     }

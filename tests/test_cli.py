@@ -1,8 +1,8 @@
 """The ``ctxcache`` command through its entry point, against the real test Redis.
 
 Most tests run ``python -m ctxcache.ops.cli`` as a subprocess, as a shell would;
-the quick input checks use typer's ``CliRunner``. Workers started here use
-their own broker database (``CTXCACHE_TEST_CLI_BROKER``, default db 5).
+the quick input checks use typer's ``CliRunner``. The commands get the test
+database as their broker too; the worker started here uses a private redis-server.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from typer.testing import CliRunner
 from worker_support import LOADS_KEY, REPO, CeleryProcess, wait_until
 
 from ctxcache import ContextCache, VipRegistry
+from ctxcache.core.layout import DEFAULT_COMPANY_SECTIONS
 from ctxcache.ops import cli
 from ctxcache.ops.doctor import Check, run_checks
 
-BROKER = os.environ.get("CTXCACHE_TEST_CLI_BROKER", "redis://127.0.0.1:6379/5")
+BROKER = TEST_REDIS_URL  # the one test database; no test here consumes from it
 KEY = f"full_context:{COMPANY}:{PHONE}"
 OTHER = "+79007654321"
 SECRET = "s3cret-Pa55"
@@ -100,7 +101,14 @@ def test_get_summarizes_a_cached_context(cache: ContextCache, real_client: redis
     people = run("get", "8 (900) 123-45-67", str(COMPANY))
     assert people.returncode == 0, people.stderr
     assert KEY in people.stdout
-    for word in ("zstd", "services", "conversation", "compression", "expires in 11 h 59 min"):
+    for word in (
+        "client",
+        "company",
+        "services",
+        "conversation",
+        "compression",
+        "11 h 59 min",
+    ):
         assert word in people.stdout
 
     result = run("get", PHONE, str(COMPANY), "--json")
@@ -108,13 +116,15 @@ def test_get_summarizes_a_cached_context(cache: ContextCache, real_client: redis
     summary = json.loads(result.stdout)
     assert summary["cached"] is True
     assert summary["key"] == KEY
-    assert summary["encoding"] == "zstd"
-    assert summary["stored_bytes"] == real_client.strlen(KEY)
-    assert summary["json_bytes"] == len(
-        json.dumps(CONTEXT, ensure_ascii=False, separators=(",", ":")).encode()
-    )
+    parts = {part["name"]: part for part in summary["parts"]}
+    assert list(parts) == ["client", "company", "services"]  # the company sections it has
+    assert parts["client"]["stored_bytes"] == real_client.strlen(KEY)
+    assert parts["services"]["scope"] == "company"
+    assert all(part["found"] for part in parts.values())
+    assert all(43_000 < part["ttl_seconds"] <= 43_200 for part in parts.values())
+    assert all(0 <= part["age_seconds"] < 60 for part in parts.values())
+    assert summary["stored_bytes"] == sum(real_client.strlen(p["key"]) for p in parts.values())
     assert summary["compression_ratio"] > 2
-    assert 43_000 < summary["ttl_seconds"] <= 43_200
     assert [s["name"] for s in summary["sections"]] == list(CONTEXT)
     assert {s["name"]: s["type"] for s in summary["sections"]}["services"] == "array"
 
@@ -123,18 +133,27 @@ def test_get_summarizes_a_cached_context(cache: ContextCache, real_client: redis
     assert json.loads(raw.stdout) == CONTEXT
 
 
+def test_get_names_the_missing_part(cache: ContextCache, real_client: redis.Redis) -> None:
+    assert cache.set_cached_full_context(PHONE, COMPANY, CONTEXT)
+    assert cache.invalidate_company(COMPANY, ["services"])
+    result = run("get", PHONE, str(COMPANY), "--json")
+    assert result.returncode == 1
+    parts = {part["name"]: part["found"] for part in json.loads(result.stdout)["parts"]}
+    assert parts == {"client": True, "company": True, "services": False}
+    people = run("get", PHONE, str(COMPANY))
+    assert "missing: services" in people.stderr
+
+
 def test_get_of_an_absent_context_exits_1(real_client: redis.Redis) -> None:
     result = run("get", PHONE, str(COMPANY))
     assert result.returncode == 1
-    assert f"not cached: {KEY}" in result.stderr
+    assert f"not cached: {KEY} (missing: client" in result.stderr
     result = run("get", PHONE, str(COMPANY), "--json")
     assert result.returncode == 1
-    assert json.loads(result.stdout) == {
-        "key": KEY,
-        "phone": PHONE,
-        "company_id": COMPANY,
-        "cached": False,
-    }
+    summary = json.loads(result.stdout)
+    assert (summary["key"], summary["phone"], summary["company_id"]) == (KEY, PHONE, COMPANY)
+    assert summary["cached"] is False
+    assert not any(part["found"] for part in summary["parts"])
 
 
 def test_get_of_a_corrupt_value_exits_1_and_leaves_it(real_client: redis.Redis) -> None:
@@ -256,7 +275,7 @@ def test_warm_loads_every_vip_then_finds_them_fresh(
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout) == {
         "vips": 2, "written": 2, "fresh": 0, "busy": 0, "superseded": 0,
-        "unavailable": 0, "invalid": 0, "failed": 0,
+        "unavailable": 0, "unknown": 0, "invalid": 0, "failed": 0,
     }  # fmt: skip
     assert len(real_client.hgetall(LOADS_KEY)) == 2
     assert cache.get_cached_full_context(OTHER, COMPANY) == {
@@ -328,7 +347,8 @@ def test_stats_json_sums_what_workers_flushed(
     result = run("stats", "--json")
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
-    assert (stats["hits"], stats["misses"], stats["sets"]) == (1, 1, 1)
+    parts = 1 + sum(1 for name in CONTEXT if name in DEFAULT_COMPANY_SECTIONS)
+    assert (stats["hits"], stats["misses"], stats["sets"]) == (1, 1, parts)
     assert stats["hit_rate"] == stats["miss_rate"] == 0.5
     assert stats["cached_contexts"] == 1
     assert stats["cached_bytes"] >= real_client.strlen(KEY)

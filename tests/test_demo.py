@@ -1,8 +1,8 @@
 """``make demo`` end to end: embedded (in-process and as ``python -m ctxcache.demo``) and real.
 
-The real-mode run uses the test Redis (flushed) as the cache, a Redis broker
-db (``CTXCACHE_TEST_DEMO_BROKER``) and the ``celery -A tasks worker`` the demo
-starts itself; in CI it must run, like every integration test.
+The real-mode run uses the test Redis as both the cache and the broker, seeded
+with keys "the user" wrote, and the ``celery -A tasks worker`` the demo starts
+itself; in CI it must run, like every integration test.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import free_port, require_server
+from conftest import TEST_NAMESPACE, free_port
 
-from ctxcache.demo import main
+from ctxcache.demo import NAMESPACE, demo_broker, main
 from ctxcache.sample_salon import (
     FIRST_COMPANY_ID,
     FIRST_PHONE,
@@ -28,7 +28,6 @@ from ctxcache.sample_salon import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_BROKER = os.environ.get("CTXCACHE_TEST_DEMO_BROKER", "redis://127.0.0.1:6379/6")
 RUNS = "2"
 
 
@@ -121,17 +120,38 @@ def test_embedded_demo_as_a_module(salon_db: Path) -> None:
     assert_story(result.stdout, salon_db)
 
 
+def seed_user_data(client: redis.Redis) -> dict[bytes, bytes]:
+    """What a user's server holds where the demo runs: DUMP of each key, to compare after."""
+    user_client = f"{FIRST_COMPANY_ID}:{FIRST_PHONE}"  # the demo's own client, cached by "them"
+    client.zadd("ctxcache:vip", {user_client: 1.0, "962302:+79990000000": 2.0})
+    client.hset("ctxcache:stats", mapping={"hits": 41, "misses": 7})
+    client.set("ctxcache:warmup:lock", "their-beat", px=540_000)  # their beat's current tick
+    client.set(f"full_context:{user_client}", b'{"theirs": true}', ex=43_200)
+    client.set(f"{{full_context:{user_client}}}:gen", 12345)
+    # Their Redis broker on the same db, with an invalidation waiting for their workers.
+    client.sadd("_kombu.binding.ctxcache.invalidate", "ctxcache.invalidate\x06\x16\x06\x16")
+    client.lpush("ctxcache.invalidate", b'{"body": "their queued invalidation"}')
+    client.set("session:42", "unrelated")
+    return {key: client.dump(key) for key in client.scan_iter() if not is_suites(key)}  # type: ignore[misc]
+
+
+def is_suites(key: bytes) -> bool:
+    """The suite's own keys (its marker, its brokers' queues): neither the user's nor the demo's."""
+    return key.startswith(TEST_NAMESPACE.encode())
+
+
 @pytest.mark.celery
-def test_real_redis_and_a_worker_subprocess(
+def test_real_redis_and_a_worker_subprocess_leave_the_users_keys_alone(
     salon_db: Path,
     real_client: redis.Redis,
     real_redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    require_server(DEMO_BROKER, "the demo test's broker")
+    theirs = seed_user_data(real_client)
+    assert len(theirs) == 8
     monkeypatch.setenv("CTXCACHE_REDIS_URL", real_redis_url)
-    monkeypatch.setenv("CTXCACHE_BROKER_URL", DEMO_BROKER)
+    monkeypatch.setenv("CTXCACHE_BROKER_URL", real_redis_url)  # one database for everything
     assert main(["--db", str(salon_db), "--runs", RUNS]) == 0
     out = capsys.readouterr().out
     assert "Real mode" in out
@@ -140,14 +160,32 @@ def test_real_redis_and_a_worker_subprocess(
     log = (salon_db.parent / "worker.log").read_text()
     assert "ready." in log
     assert "ctxcache.invalidate_context" in log
-    assert log.count("warm-up of") == len(list_vip_clients(salon_db))
+    vips = list_vip_clients(salon_db)
+    assert log.count("warm-up of") == len(vips)
     assert "Warm shutdown" in log
     assert not running(f"ctxcache-demo-{os.getpid()}@"), "the demo's worker is still running"
-    # The warmed VIP contexts are in the real Redis (the demo client's was invalidated last).
-    vips = list_vip_clients(salon_db)
-    assert all(real_client.exists(f"full_context:{c}:{p}") for p, c in vips[1:])
-    assert not real_client.exists(f"full_context:{FIRST_COMPANY_ID}:{FIRST_PHONE}")
-    assert real_client.zcard("ctxcache:vip") == len(list_vip_clients(salon_db))
+    # Every key the user had is as it was, their lock still running; the demo's are gone.
+    after = {key: real_client.dump(key) for key in real_client.scan_iter() if not is_suites(key)}
+    assert after == theirs
+    assert real_client.pttl("ctxcache:warmup:lock") > 0
+    text = " ".join(out.split())
+    deleted = re.search(rf"deleted the (\d+) keys the demo wrote under {NAMESPACE}", text)
+    assert deleted, text
+    assert int(deleted[1]) > 2 * len(vips)  # contexts and generations at least: it did write
+    assert "it wrote no other key" in text
+    assert f"Left behind: the sample database {salon_db}" in text
+
+
+def test_a_rabbitmq_broker_is_set_aside_for_a_redis_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's queues must not be the user's: a Redis broker, where its keys are prefixed."""
+    monkeypatch.setenv("CTXCACHE_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    broker, note = demo_broker("redis://:pw@127.0.0.1:6379/3")
+    assert broker == "redis://:pw@127.0.0.1:6379/4"
+    assert note is not None
+    assert "RabbitMQ" in note
+    assert "pw" not in note
+    monkeypatch.setenv("CTXCACHE_BROKER_URL", "redis://127.0.0.1:6379/9")
+    assert demo_broker("redis://127.0.0.1:6379/3") == ("redis://127.0.0.1:6379/9", None)
 
 
 def test_unreachable_redis_is_a_clear_error_without_the_password(

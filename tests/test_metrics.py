@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ctxcache import CacheStats, ContextCache, WarmOutcome
 from ctxcache.core.stats import LOAD_BUCKETS, StatsRecorder, bucket_field
+from ctxcache.core.steps import RoundTrip
 from ctxcache.ops.metrics import StatsCollector, cluster_stats, serve_metrics
 from tasks import runtime
 
@@ -84,13 +85,7 @@ def spare_cache(spare_redis: SpareRedis, cache_factory: Factory, clock: FakeCloc
 
 
 def test_histogram_is_cumulative_and_counts_each_load_once() -> None:
-    pushed: list[dict[str, float]] = []
-
-    def push(deltas: Any) -> bool:
-        pushed.append(dict(deltas))
-        return True
-
-    recorder = StatsRecorder(push=push)
+    recorder = StatsRecorder()
     for seconds in (0.001, 0.005, 0.0051, 0.3, 7.0, 100.0):
         recorder.record_load(seconds)
     buckets = recorder.load_buckets()
@@ -102,35 +97,39 @@ def test_histogram_is_cumulative_and_counts_each_load_once() -> None:
     assert buckets[math.inf] == 6 == recorder.snapshot().loads
     counts = list(buckets.values())
     assert counts == sorted(counts)
-    assert recorder.flush()
-    (deltas,) = pushed
+    deltas = recorder.take()
+    assert deltas is not None
     assert sum(v for k, v in deltas.items() if k.startswith("load_le:")) == 6
     assert deltas[bucket_field(math.inf)] == 1
     assert deltas["loads"] == 6
     assert deltas["load_seconds"] == pytest.approx(107.3111)
+    assert recorder.take() is None  # taken once
 
 
-def test_concurrent_counts_and_flushes_lose_nothing() -> None:
+def test_concurrent_counts_and_takes_lose_nothing() -> None:
     pushed: list[dict[str, float]] = []
     lock = threading.Lock()
     attempts = 0
+    recorder = StatsRecorder(interval=0)
 
-    def push(deltas: Any) -> bool:
+    def push_now() -> None:
         nonlocal attempts
+        deltas = recorder.take_due()
+        if deltas is None:
+            return
         with lock:
             attempts += 1
-            if attempts % 3 == 0:
-                return False  # a failed flush: its counts must come back
-            pushed.append(dict(deltas))
-            return True
-
-    recorder = StatsRecorder(push=push)
+            failed = attempts % 3 == 0
+            if not failed:
+                pushed.append(deltas)
+        if failed:
+            recorder.restore(deltas)  # a failed push: its counts must come back
 
     def work() -> None:
         for i in range(2000):
             recorder.add("hits")
             if i % 100 == 0:
-                recorder.flush(wait=False)
+                push_now()
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for thread in threads:
@@ -141,14 +140,16 @@ def test_concurrent_counts_and_flushes_lose_nothing() -> None:
     assert flushed + recorder.pending().get("hits", 0) == 8000 == recorder.snapshot().hits
 
 
-def test_a_push_that_raises_keeps_the_counts() -> None:
-    def push(deltas: Any) -> bool:
-        raise RuntimeError("bug in a pusher")
-
-    recorder = StatsRecorder(push=push)
+def test_counts_are_due_once_per_interval(clock: FakeClock) -> None:
+    recorder = StatsRecorder(clock=clock, interval=10)
     recorder.add("misses", 2)
-    assert recorder.flush() is False
-    assert recorder.pending() == {"misses": 2}
+    assert recorder.take_due() is None
+    clock.advance(10)
+    assert recorder.take_due() == {"misses": 2}
+    recorder.add("misses")
+    assert recorder.take_due() is None  # the interval counts from the last take
+    clock.advance(10)
+    assert recorder.take_due() == {"misses": 1}
 
 
 # -- flushing from the cache ------------------------------------------------------------
@@ -167,37 +168,50 @@ def test_flush_adds_exactly_the_counts_on_both_backends(any_cache: ContextCache)
     assert stats_hash(any_cache.client, any_cache) == flushed
 
 
-def test_no_flush_before_the_interval_then_one_round_trip(
+def test_no_flush_before_the_interval_then_it_rides_along(
     spare_redis: SpareRedis, spare_cache: ContextCache, clock: FakeClock
 ) -> None:
     probe = redis.Redis.from_url(spare_redis.url)
     spare_cache.set_cached_full_context(PHONE, COMPANY, {"a": 1})
+    spare_cache.get_cached_full_context(OTHER, COMPANY)
+    spare_cache.flush_stats()  # a new server learns the scripts once (NOSCRIPT, then EVAL)
+    pushed = stats_hash(probe, spare_cache)  # the interval counts from that push
+    trips = count_round_trips(spare_cache)
     for _ in range(20):
         spare_cache.get_cached_full_context(PHONE, COMPANY)
         spare_cache.get_cached_full_context(OTHER, COMPANY)
     clock.advance(9.9)
     spare_cache.get_cached_full_context(PHONE, COMPANY)
-    calls = command_calls(probe)
-    assert calls["get"] == 41
-    assert not {"multi", "exec", "hincrby", "hincrbyfloat"} & calls.keys()
-    assert not probe.exists(spare_cache.keys.stats)
+    assert len(trips) == 41  # one each
+    assert stats_hash(probe, spare_cache) == pushed  # nothing pushed before the interval
 
     clock.advance(0.1)
     before = spare_cache.stats()
-    spare_cache.get_cached_full_context(PHONE, COMPANY)  # carries the flush
-    spare_cache.get_cached_full_context(PHONE, COMPANY)
-    calls = command_calls(probe)
-    assert calls["exec"] == 1
-    assert calls["get"] == 43
+    spare_cache.get_cached_full_context(PHONE, COMPANY)  # carries the counts
+    assert len(trips) == 42  # in the same round trip
+    assert trips[-1] == ["EVALSHA", "EVALSHA", "EVALSHA"]  # two reads, one PUSH_STATS
     assert counters(stats_hash(probe, spare_cache)) == minus(before, CacheStats())
 
     clock.advance(9.9)
     spare_cache.get_cached_full_context(PHONE, COMPANY)
-    assert command_calls(probe)["exec"] == 1  # the interval counts from the last flush
+    assert len(trips[-1]) == 2  # the interval counts from the last push
     assert spare_cache.flush_stats() is True
-    assert command_calls(probe)["exec"] == 2
     assert counters(stats_hash(probe, spare_cache)) == minus(spare_cache.stats(), CacheStats())
     probe.close()
+
+
+def count_round_trips(cache: ContextCache) -> list[list[str]]:
+    """Record the commands of each round trip the cache sends."""
+    trips: list[list[str]] = []
+    answer = cache._answer
+
+    def counted(step: Any) -> Any:
+        if isinstance(step, RoundTrip):
+            trips.append(["EVALSHA" if c.script else c.name for c in step.commands])
+        return answer(step)
+
+    cache._answer = counted  # type: ignore[method-assign]
+    return trips
 
 
 def test_a_flush_while_redis_is_down_keeps_the_counts_for_later(
@@ -223,9 +237,9 @@ def test_a_flush_while_redis_is_down_keeps_the_counts_for_later(
     arrived = counters(stats_hash(probe, spare_cache))
     assert arrived == minus(spare_cache.stats(), flushed)
     assert arrived["misses"] == 5
-    # Three failures open the breaker; the fourth read is skipped, the trial after the
-    # cool-down fails, and the flush that follows is skipped again.
-    assert (arrived["errors"], arrived["skipped"]) == (4, 2)
+    # Three failures open the breaker and the fourth read is skipped: counted apart.
+    # The trial after the cool-down fails too (the flush goes around the breaker).
+    assert (arrived["errors"], arrived["skipped"]) == (4, 1)
     assert "hits" not in arrived  # sent before the outage, not twice
     probe.close()
 
@@ -267,7 +281,8 @@ def test_cluster_stats_sums_two_workers(cache_factory: Factory, real_client: red
         for f in fields(CacheStats)
     }
     assert {f.name: getattr(totals, f.name) for f in fields(CacheStats)} == pytest.approx(expected)
-    assert (totals.hits, totals.misses, totals.loads, totals.sets) == (2, 3, 2, 2)
+    # Two client parts and the company's one section, written once for both.
+    assert (totals.hits, totals.misses, totals.loads, totals.sets) == (2, 3, 2, 3)
     assert totals.invalidations == 1
     assert totals.load_seconds == pytest.approx(0.303)
     assert totals.hit_rate == pytest.approx(0.4)
@@ -353,7 +368,7 @@ def test_endpoint_shows_the_whole_fleet(cache_factory: Factory) -> None:
     assert value(samples, "ctxcache_skipped_total") == totals.skipped == 0
     assert value(samples, "ctxcache_corrupt_values_total") == 1
     assert value(samples, "ctxcache_loads_total") == 2
-    assert value(samples, "ctxcache_sets_total") == totals.sets == 2
+    assert value(samples, "ctxcache_sets_total") == totals.sets == 3  # a shared section
     assert value(samples, "ctxcache_superseded_total") == 0
     assert value(samples, "ctxcache_invalidations_total") == 1
     assert value(samples, "ctxcache_coalesced_total") == 0

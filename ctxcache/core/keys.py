@@ -8,6 +8,11 @@ spec's double-prefix bug cannot happen.
 Every other key of a client uses the full-context key as its Redis Cluster
 hash tag, ``{full_context:962302:+79001234567}:gen``, so all of a client's
 keys share one hash slot and each Lua script touches a single slot.
+
+A company's sections, shared by all its clients, live under the hash tag
+``{company_context:962302}``: one slot per company, another than its
+clients'. No script touches both; a read that needs both sends one command
+per slot in a single pipeline.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from dataclasses import dataclass
 from ctxcache.core.phone import mask_phone
 from ctxcache.errors import ConfigurationError, InvalidCompanyIdError
 
-__all__ = ["ClientKeys", "KeyLayout", "validate_company_id"]
+__all__ = ["ClientKeys", "CompanyKeys", "KeyLayout", "validate_company_id"]
 
 FULL_CONTEXT_NAMESPACE = "full_context"
+COMPANY_CONTEXT_NAMESPACE = "company_context"
 VIP_REGISTRY_NAME = "ctxcache:vip"
 WARMUP_LOCK_NAME = "ctxcache:warmup:lock"
 STATS_NAME = "ctxcache:stats"
@@ -63,9 +69,26 @@ class ClientKeys:
     masked: str  # the full-context key with the phone masked, for logs
 
     @property
-    def lease(self) -> list[str]:
+    def lease(self) -> tuple[str, str, str]:
         """KEYS of the lease and store scripts: full context, generation, lock."""
-        return [self.full_context, self.generation, self.lock]
+        return (self.full_context, self.generation, self.lock)
+
+
+@dataclass(frozen=True, slots=True)
+class CompanyKeys:
+    """All keys of one company's shared sections; built only by :meth:`KeyLayout.company`."""
+
+    tag: str  # "{company_context:<id>}", the Cluster hash tag of every key below
+    generations: str  # hash: section name -> generation
+    lock: str  # the load lock of the company's sections
+    label: str  # for logs: "company_context:<id>"
+
+    def section(self, name: str) -> str:
+        """The key of one company section (names are checked by the layout)."""
+        return f"{self.tag}:section:{name}"
+
+    def sections(self, names: tuple[str, ...]) -> list[str]:
+        return [self.section(name) for name in names]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +120,17 @@ class KeyLayout:
             preferences=f"{tag}:prefs",
             masked=self.full_context(company_id, mask_phone(phone)),
         )
+
+    def company(self, company_id: int) -> CompanyKeys:
+        """Keys of one company's sections; ``company_id`` must already be validated."""
+        label = f"{self.prefix}{COMPANY_CONTEXT_NAMESPACE}:{company_id}"
+        tag = "{" + label + "}"
+        return CompanyKeys(tag=tag, generations=f"{tag}:gen", lock=f"{tag}:lock", label=label)
+
+    @property
+    def company_section_pattern(self) -> str:
+        """SCAN pattern matching every company section key (and nothing else)."""
+        return "{" + f"{self.prefix}{COMPANY_CONTEXT_NAMESPACE}:*" + "}:section:*"
 
     @property
     def full_context_pattern(self) -> str:

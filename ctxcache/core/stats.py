@@ -18,8 +18,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Final
 
-import redis
-
 __all__ = [
     "COUNTER_NAMES",
     "FLOAT_FIELDS",
@@ -31,7 +29,7 @@ __all__ = [
     "bound_label",
     "bucket_field",
     "parse_bucket_field",
-    "push_deltas",
+    "stats_arguments",
 ]
 
 # Upper bounds (seconds) of the load-time histogram; the last one catches everything.
@@ -61,30 +59,37 @@ SAFETY_NET_OUTCOMES: Final = ("in_effect", "reapplied", "unavailable")
 
 logger = logging.getLogger("ctxcache")
 
-Pusher = Callable[[Mapping[str, float]], bool]
-
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
     """A snapshot of one process's counters (the spec's metrics and a few more)."""
 
-    hits: int = 0
+    hits: int = 0  # whole contexts found
     misses: int = 0
     errors: int = 0  # Redis errors and timeouts that a call met
     skipped: int = 0  # calls not made because the circuit breaker was open
     corrupt: int = 0  # values that could not be decoded (removed, counted as misses)
+    corrupt_fields: int = 0  # dialog / preference fields that could not be decoded (skipped)
     loads: int = 0  # loader calls
     load_seconds: float = 0.0
-    sets: int = 0  # values written
+    sets: int = 0  # parts written
     superseded: int = 0  # writes dropped because an invalidation came first
-    invalidations: int = 0
+    invalidations: int = 0  # parts invalidated
+    updates: int = 0  # partial updates of a section
     coalesced: int = 0  # misses served by another caller's load (stampede avoided)
+    uncacheable: int = 0  # loaded contexts returned but not cached (JSON cannot hold them)
+    # Per scope: a client's own part, and the company sections.
+    client_hits: int = 0
+    client_misses: int = 0
+    company_hits: int = 0
+    company_misses: int = 0
     # Warm-up outcomes (see WarmOutcome).
     warm_written: int = 0
     warm_fresh: int = 0
     warm_busy: int = 0
     warm_superseded: int = 0
     warm_unavailable: int = 0
+    warm_unknown: int = 0
     # Booking hooks (see HOOK_OUTCOMES) and the queued safety net (SAFETY_NET_OUTCOMES).
     hook_inline_and_queued: int = 0
     hook_inline_only: int = 0
@@ -149,43 +154,35 @@ def parse_bucket_field(name: str) -> float | None:
 _BUCKET_FIELDS: Final = tuple(bucket_field(bound) for bound in LOAD_BUCKETS)
 
 
-def push_deltas(client: redis.Redis, key: str, deltas: Mapping[str, float]) -> None:
-    """Add ``deltas`` to the hash at ``key`` in one MULTI/EXEC round trip; raises on failure."""
-    pipe = client.pipeline(transaction=True)
+def stats_arguments(deltas: Mapping[str, float]) -> list[str | float]:
+    """ARGV of the ``PUSH_STATS`` script: field, ``i`` or ``f``, amount, ..."""
+    args: list[str | float] = []
     for name, amount in deltas.items():
         if name in FLOAT_FIELDS:
-            pipe.hincrbyfloat(key, name, amount)
+            args += [name, "f", repr(float(amount))]
         else:
-            pipe.hincrby(key, name, int(amount))
-    pipe.execute()
+            args += [name, "i", int(amount)]
+    return args
 
 
 class StatsRecorder:
     """Thread-safe counters; ``snapshot()`` returns a :class:`CacheStats`.
 
     Besides the totals since the process started, the recorder keeps the
-    counts added since the last successful flush. ``push`` (given by the
-    cache) writes those somewhere and returns whether it did; the recorder
-    calls it from :meth:`flush` and, at most once per ``interval`` seconds of
-    ``clock``, from :meth:`flush_if_due`.
+    counts added since they were last taken for a push. The client takes
+    them (:meth:`take_due`, at most once per ``interval`` seconds of
+    ``clock``) to send along with a call it makes anyway, and gives them back
+    (:meth:`restore`) if that call failed, so nothing is lost or counted twice.
     """
 
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        interval: float = 10.0,
-        push: Pusher | None = None,
-    ) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, interval: float = 10.0):
         self.interval = interval
         self._clock = clock
-        self._push = push
         self._lock = threading.Lock()
-        self._flushing = threading.Lock()
         names = (*COUNTER_NAMES, *_BUCKET_FIELDS)
         self._counts: dict[str, float] = dict.fromkeys(names, 0)
         self._pending: dict[str, float] = dict.fromkeys(names, 0)
-        self._next_flush = clock() + interval
+        self._next_push = clock() + interval
 
     def add(self, name: str, amount: float = 1) -> None:
         with self._lock:
@@ -218,47 +215,34 @@ class StatsRecorder:
         return cumulative
 
     def pending(self) -> dict[str, float]:
-        """The non-zero counts not flushed yet, by hash field."""
+        """The non-zero counts not taken for a push yet, by hash field."""
         with self._lock:
             return {name: value for name, value in self._pending.items() if value}
 
-    def flush_if_due(self) -> bool:
-        """Flush if ``interval`` has passed since the last attempt; cheap when it has not.
+    def take_due(self) -> dict[str, float] | None:
+        """The pending counts if ``interval`` has passed since they were last taken; else None.
 
-        Never waits for a flush running in another thread. True if a flush happened
-        and succeeded.
+        Cheap when not due. Only one caller gets them; they are cleared here
+        and must be given back with :meth:`restore` if they could not be pushed.
         """
-        if self._clock() < self._next_flush:
-            return False
-        return self.flush(wait=False)
+        if self._clock() < self._next_push:
+            return None
+        return self.take(due_only=True)
 
-    def flush(self, *, wait: bool = True) -> bool:
-        """Push the counts since the last flush; on failure keep them for the next one.
+    def take(self, *, due_only: bool = False) -> dict[str, float] | None:
+        """The pending counts (cleared here), or None if there are none."""
+        with self._lock:
+            now = self._clock()
+            if due_only and now < self._next_push:
+                return None  # another thread took them first
+            self._next_push = now + self.interval
+            deltas = {name: value for name, value in self._pending.items() if value}
+            for name in deltas:
+                self._pending[name] = 0
+        return deltas or None
 
-        True if they were pushed (or there was nothing to push). With
-        ``wait=False`` it returns False at once if another flush is running.
-        """
-        if self._push is None or not self._flushing.acquire(blocking=wait):
-            return False
-        try:
-            with self._lock:
-                self._next_flush = self._clock() + self.interval
-                deltas = {name: value for name, value in self._pending.items() if value}
-                for name in deltas:
-                    self._pending[name] = 0
-            if not deltas:
-                return True
-            pushed = False
-            try:
-                pushed = self._push(deltas)
-            except Exception:
-                # Metrics must never break a cache call; the counts are kept.
-                logger.exception("could not flush the cache stats")
-            finally:
-                if not pushed:
-                    with self._lock:
-                        for name, value in deltas.items():
-                            self._pending[name] += value
-            return pushed
-        finally:
-            self._flushing.release()
+    def restore(self, deltas: Mapping[str, float]) -> None:
+        """Give back counts that :meth:`take` handed out but could not be pushed."""
+        with self._lock:
+            for name, value in deltas.items():
+                self._pending[name] += value

@@ -28,18 +28,16 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from ctxcache.client.sync import ContextCache, WarmOutcome
+from ctxcache import ContextCache, WarmOutcome
 from ctxcache.client.vip import VipRegistry
 from ctxcache.core.phone import mask_phone
 from ctxcache.core.stats import HOOK_OUTCOMES, SAFETY_NET_OUTCOMES
-from ctxcache.core.wire import ENCODING_ZSTD, MAGIC
 from ctxcache.errors import (
     CacheUnavailableError,
     ConfigurationError,
     CtxCacheError,
     InvalidCompanyIdError,
     InvalidPhoneError,
-    UndecodableValueError,
 )
 from ctxcache.ops.doctor import human_bytes
 from ctxcache.protocols import ContextLoader, VipSource, resolve_callable
@@ -151,7 +149,7 @@ def _print_json(data: Any) -> None:
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
-        return "no expiry"
+        return "never"
     whole = int(seconds)
     hours, rest = divmod(whole, 3600)
     return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
@@ -173,64 +171,95 @@ def get(
     raw: Annotated[bool, typer.Option("--raw", help="print the cached context's JSON")] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Summarize a client's cached context: sections, sizes, compression, TTL. Exit 1 if absent."""
+    """Show a client's cached context part by part: found or not, sizes, TTL, age. Exit 1 if absent.
+
+    A context is the client's own part plus its company's sections, cached once
+    per company; it is cached only when every part it needs is there.
+    """
     if raw and as_json:
         _die(EXIT_USAGE, "use either --raw or --json")
     with _session(ctx) as cache:
         normalized, company = cache.identify(phone, company_id)
-        key = cache.keys.full_context(company, normalized)
-        pipe = cache.client.pipeline(transaction=True)
-        pipe.get(key)
-        pipe.pttl(key)
-        value, pttl = pipe.execute()
+        cache.client.ping()  # raises what is wrong, for the exit code and message
+        report = cache.describe_cached_context(normalized, company)
+        if report is None:
+            raise CacheUnavailableError("the parts could not be read")
+    key = cache.keys.full_context(company, normalized)
     summary: dict[str, Any] = {"key": key, "phone": normalized, "company_id": company}
-    if value is None:
+    broken = [part for part in report.parts if part.problem]
+    if broken:
+        part = broken[0]
+        _die(EXIT_FAILED, f"{part.key} holds a value that cannot be decoded: {part.problem}")
+    context = report.context
+    if context is None:
         if as_json:
-            _print_json({**summary, "cached": False})
+            _print_json(
+                {**summary, "cached": False, "parts": [_part_json(p) for p in report.parts]}
+            )
         else:
-            typer.echo(f"not cached: {key}", err=True)
+            missing = ", ".join(p.name for p in report.parts if not p.found)
+            typer.echo(f"not cached: {key} (missing: {missing})", err=True)
         raise typer.Exit(EXIT_FAILED)
-    try:
-        context = cache.codec.decode(value)
-    except UndecodableValueError as exc:
-        _die(EXIT_FAILED, f"{key} holds a value that cannot be decoded: {exc}")
     if raw:
         sys.stdout.write(orjson.dumps(context).decode() + "\n")
         return
-    json_bytes = len(orjson.dumps(context))
-    if not value.startswith(MAGIC):
-        encoding = "plain JSON (another writer)"
-    else:
-        encoding = "zstd" if value[len(MAGIC) + 1] == ENCODING_ZSTD else "JSON"
+    found = [part for part in report.parts if part.found]
+    stored = sum(part.stored_bytes for part in found)
+    json_bytes = sum(part.json_bytes for part in found)
     sizes = {name: len(orjson.dumps(item)) for name, item in context.items()}
-    sections = [
-        {"name": name, "type": _json_type(item), "json_bytes": sizes[name]}
-        for name, item in context.items()
-    ]
     summary.update(
         cached=True,
-        encoding=encoding,
-        stored_bytes=len(value),
+        layout="whole context (an older writer)" if report.whole else "parts",
+        stored_bytes=stored,
         json_bytes=json_bytes,
-        compression_ratio=round(json_bytes / len(value), 2),
-        ttl_seconds=pttl / 1000 if pttl >= 0 else None,
-        sections=sections,
+        compression_ratio=round(json_bytes / stored, 2) if stored else None,
+        parts=[_part_json(part) for part in report.parts],
+        sections=[
+            {"name": name, "type": _json_type(item), "json_bytes": sizes[name]}
+            for name, item in context.items()
+        ],
     )
     if as_json:
         _print_json(summary)
         return
     console = Console()
     console.print(f"[bold]{escape(key)}[/]")
-    ratio, ttl = summary["compression_ratio"], _duration(summary["ttl_seconds"])
     console.print(
-        f"stored {human_bytes(len(value))} ({encoding}), JSON {human_bytes(json_bytes)}, "
-        f"compression {ratio}x, expires in {ttl}"
+        f"{len(found)} part(s), stored {human_bytes(stored)} for {human_bytes(json_bytes)} "
+        f"of JSON (compression {summary['compression_ratio']}x)"
     )
+    parts = Table("part", "scope", "found", "stored", "JSON", "expires in", "age")
+    for part in report.parts:
+        parts.add_row(
+            escape(part.name),
+            part.scope,
+            "hit" if part.found else "miss",
+            human_bytes(part.stored_bytes) if part.found else "",
+            human_bytes(part.json_bytes) if part.found else "",
+            _duration(part.ttl_seconds) if part.found else "",
+            _duration(part.age_seconds) if part.age_seconds is not None else "",
+        )
+    console.print(parts)
     table = Table("section", "type", "JSON size", "share")
+    total = sum(sizes.values()) or 1
     for name, size in sorted(sizes.items(), key=lambda item: -item[1]):
-        share = f"{size / json_bytes:.0%}"
-        table.add_row(escape(name), _json_type(context[name]), human_bytes(size), share)
+        table.add_row(
+            escape(name), _json_type(context[name]), human_bytes(size), f"{size / total:.0%}"
+        )
     console.print(table)
+
+
+def _part_json(part: Any) -> dict[str, Any]:
+    return {
+        "name": part.name,
+        "scope": part.scope,
+        "key": part.key,
+        "found": part.found,
+        "stored_bytes": part.stored_bytes,
+        "json_bytes": part.json_bytes,
+        "ttl_seconds": part.ttl_seconds,
+        "age_seconds": part.age_seconds,
+    }
 
 
 @app.command()

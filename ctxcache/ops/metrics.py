@@ -28,7 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis import exceptions as redis_errors
 
-from ctxcache.client.sync import ContextCache, WarmOutcome
+from ctxcache import ContextCache, WarmOutcome
 from ctxcache.core.stats import (
     COUNTER_NAMES,
     FLOAT_FIELDS,

@@ -1,0 +1,241 @@
+"""Reading a context: its client's part and its company's sections, in one round trip.
+
+The client's part and the company's sections live in two hash slots, so a
+read sends one ``READ_PARTS`` script per slot in a single pipeline (one
+round trip on a single server; one per node in a Cluster). A hit needs the
+client's part and every company section it was stored with; if any is
+missing the read is a miss, never a half context.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctxcache.core.engine import UNAVAILABLE, CacheCore, Identity, Unavailable
+from ctxcache.core.layout import ClientPart
+from ctxcache.core.scripts import PART_VALUE, READ_PARTS
+from ctxcache.core.steps import Command, Flow
+from ctxcache.core.wire import KIND_CLIENT, KIND_FULL, KIND_SECTION
+from ctxcache.errors import UndecodableValueError
+
+__all__ = [
+    "ContextReport",
+    "PartReport",
+    "Parts",
+    "count_lookup",
+    "decode_part",
+    "describe_context",
+    "drop_corrupt",
+    "get_context",
+    "read_parts",
+]
+
+logger = logging.getLogger("ctxcache")
+
+
+@dataclass(slots=True)
+class Parts:
+    """What one read found of a client's context."""
+
+    whole: dict[str, Any] | None = None  # a whole context: ctxcache 0.1 or the Node service
+    client: ClientPart | None = None
+    client_stamp: bytes | None = None
+    sections: dict[str, Any] = field(default_factory=dict)
+    corrupt: list[str] = field(default_factory=list)  # keys holding undecodable values
+
+    def merged(self) -> dict[str, Any] | None:
+        """The whole context if every part it needs was found, else None."""
+        if self.whole is not None:
+            return self.whole
+        if self.client is None or any(name not in self.sections for name in self.client.company):
+            return None
+        return self.client.merge(self.sections)
+
+    def missing_sections(self, all_sections: tuple[str, ...]) -> tuple[str, ...]:
+        """Company sections still needed: the client part's, or (without one) all of them."""
+        wanted = self.client.company if self.client is not None else all_sections
+        return tuple(name for name in wanted if name not in self.sections)
+
+
+def decode_part(core: CacheCore, raw: bytes, kind: int) -> tuple[Any, bytes | None, int]:
+    """A stored value's content, stamp and kind; raises :class:`UndecodableValueError`.
+
+    ``kind`` is what the key must hold: a client's part (which may also be a
+    whole context of an older writer) or a company section.
+    """
+    unpacked = core.codec.unpack(raw)
+    if kind == KIND_SECTION and unpacked.kind != KIND_SECTION:
+        raise UndecodableValueError("a company section key holds something else")
+    if kind == KIND_CLIENT and unpacked.kind == KIND_FULL:
+        return core.codec.loads_object(unpacked.data), None, KIND_FULL
+    if kind == KIND_CLIENT and unpacked.kind != KIND_CLIENT:
+        raise UndecodableValueError("a client key holds a company section")
+    if kind == KIND_SECTION:
+        return core.codec.loads(unpacked.data), unpacked.stamp, KIND_SECTION
+    data = core.codec.loads_object(unpacked.data)
+    try:
+        part = ClientPart.from_meta(data, unpacked.meta)
+    except ValueError as exc:
+        raise UndecodableValueError(str(exc)) from exc
+    return part, unpacked.stamp, KIND_CLIENT
+
+
+def read_parts(
+    core: CacheCore, who: Identity, names: tuple[str, ...], operation: str = "GET"
+) -> Flow[Parts | Unavailable]:
+    """The client's part and the company sections ``names``, in one round trip."""
+    section_keys = tuple(who.company.sections(names))
+    commands = (
+        Command("READ_PARTS", ("",), READ_PARTS, (who.client.full_context,)),
+        Command("READ_PARTS", ("",) * len(names), READ_PARTS, section_keys),
+    )
+    replies = yield from core.redis(operation, who.target, commands)
+    if isinstance(replies, Unavailable):
+        return UNAVAILABLE
+    parts = Parts()
+    client_reply, company_reply = replies
+    if int(client_reply[0]) == PART_VALUE:
+        try:
+            content, stamp, kind = decode_part(core, client_reply[1], KIND_CLIENT)
+        except UndecodableValueError as exc:
+            _log_corrupt(core, who.target, exc)
+            parts.corrupt.append(who.client.full_context)
+        else:
+            if kind == KIND_FULL:
+                parts.whole = content
+            else:
+                parts.client, parts.client_stamp = content, stamp
+    for index, name in enumerate(names):
+        status, raw = int(company_reply[3 * index]), company_reply[3 * index + 1]
+        if status != PART_VALUE:
+            continue
+        try:
+            parts.sections[name] = decode_part(core, raw, KIND_SECTION)[0]
+        except UndecodableValueError as exc:
+            _log_corrupt(core, f"{who.company.label}:{name}", exc)
+            parts.corrupt.append(section_keys[index])
+    yield from drop_corrupt(core, parts.corrupt, who.target)
+    return parts
+
+
+def _log_corrupt(core: CacheCore, target: str, exc: Exception) -> None:
+    core.stats.add("corrupt")
+    logger.error("removing undecodable value at %s: %s", target, exc)
+
+
+def drop_corrupt(core: CacheCore, keys: list[str], target: str) -> Flow[None]:
+    """Delete values that could not be decoded, so the next read is a plain miss."""
+    if keys:
+        yield from core.redis("DEL", target, [Command("DEL", tuple(keys))])
+
+
+def count_lookup(core: CacheCore, who: Identity, parts: Parts, context: object) -> None:
+    """Count a whole-context lookup and its parts by scope."""
+    if parts.whole is not None:
+        core.stats.add("client_hits")
+    else:
+        core.stats.add("client_hits" if parts.client is not None else "client_misses")
+        wanted = parts.client.company if parts.client is not None else core.layout.company_sections
+        found = sum(1 for name in wanted if name in parts.sections)
+        if found:
+            core.stats.add("company_hits", found)
+        if len(wanted) > found:
+            core.stats.add("company_misses", len(wanted) - found)
+    if context is None:
+        core.stats.add("misses")
+        logger.debug("cache miss %s", who.target)
+    else:
+        core.stats.add("hits")
+        logger.info("cache hit %s", who.target)
+
+
+def get_context(core: CacheCore, phone: str, company_id: int | str) -> Flow[dict[str, Any] | None]:
+    """The cached context, or ``None`` on a miss, a corrupt value or a Redis failure."""
+    who = core.identify(phone, company_id)
+    parts = yield from read_parts(core, who, core.layout.company_sections)
+    if isinstance(parts, Unavailable):
+        core.stats.add("misses")
+        return None
+    context = parts.merged()
+    count_lookup(core, who, parts, context)
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class PartReport:
+    """One part of a cached context, as an operator sees it."""
+
+    name: str  # "client", or the company section's name
+    scope: str  # "client" | "company"
+    key: str
+    found: bool
+    stored_bytes: int = 0
+    json_bytes: int = 0
+    compressed: bool = False
+    ttl_seconds: float | None = None  # None: no expiry (or not found)
+    age_seconds: float | None = None  # None: unknown (an older writer's value)
+    problem: str | None = None  # why it cannot be decoded
+
+
+@dataclass(frozen=True, slots=True)
+class ContextReport:
+    """What :func:`describe_context` found: the merged context and each part."""
+
+    context: dict[str, Any] | None
+    parts: tuple[PartReport, ...]
+    whole: bool  # a whole context of an older writer
+
+
+def describe_context(
+    core: CacheCore, phone: str, company_id: int | str
+) -> Flow[ContextReport | Unavailable]:
+    """Every part of a client's context with its size, TTL and age; nothing is changed."""
+    who = core.identify(phone, company_id)
+    names = core.layout.company_sections
+    section_keys = tuple(who.company.sections(names))
+    commands = (
+        Command("READ_PARTS", ("",), READ_PARTS, (who.client.full_context,)),
+        Command("READ_PARTS", ("",) * len(names), READ_PARTS, section_keys),
+    )
+    replies = yield from core.redis("DESCRIBE", who.target, commands)
+    if isinstance(replies, Unavailable):
+        return UNAVAILABLE
+    raw = [replies[0][0:3], *(replies[1][3 * i : 3 * i + 3] for i in range(len(names)))]
+    entries = [
+        ("client", "client", who.client.full_context),
+        *((name, "company", key) for name, key in zip(names, section_keys, strict=True)),
+    ]
+    now = core.codec.wall_clock()
+    reports: list[PartReport] = []
+    parts = Parts()
+    for (name, scope, key), (status, value, pttl) in zip(entries, raw, strict=True):
+        if int(status) != PART_VALUE:
+            reports.append(PartReport(name, scope, key, found=False))
+            continue
+        ttl = int(pttl) / 1000 if int(pttl) >= 0 else None
+        try:
+            unpacked = core.codec.unpack(value)
+            content, _, kind = decode_part(
+                core, value, KIND_CLIENT if scope == "client" else KIND_SECTION
+            )
+        except UndecodableValueError as exc:
+            reports.append(
+                PartReport(name, scope, key, True, len(value), ttl_seconds=ttl, problem=str(exc))
+            )
+            continue
+        if kind == KIND_FULL:
+            parts.whole = content
+        elif scope == "client":
+            parts.client = content
+        else:
+            parts.sections[name] = content
+        age = now - unpacked.written_at if unpacked.written_at else None
+        compressed = len(unpacked.data) > len(value)
+        reports.append(
+            PartReport(name, scope, key, True, len(value), len(unpacked.data), compressed, ttl, age)
+        )
+    wanted = parts.client.company if parts.client is not None else names
+    shown = [r for r in reports if r.scope == "client" or r.name in wanted or r.found]
+    return ContextReport(parts.merged(), tuple(shown), parts.whole is not None)
