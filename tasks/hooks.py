@@ -158,7 +158,10 @@ def invalidate_now_and_queue(
     if receipt is None and not queued:
         runtime.count(cache, "hook_failed")
         logger.critical(
-            "%s for %s: invalidation LOST: Redis and the broker both failed", event, what
+            "%s for %s: Redis and the broker both failed: only this process still owes the"
+            " invalidation, and loses it if it exits before Redis answers",
+            event,
+            what,
         )
         raise InvalidationFailedError(
             f"{event}: neither Redis nor the broker took the invalidation of {what};"
