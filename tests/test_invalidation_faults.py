@@ -118,7 +118,7 @@ def test_a_worker_killed_inside_the_task_leaves_it_to_the_next_one(
 
     worker = celery_process("worker", *INVALIDATION_WORKER, **FAST)
     wait_until(lambda: not cache.client.exists(KEY), 60, "the redelivered safety net")
-    assert f"{CLIENT}: reapplied" in worker.log()
+    wait_until(lambda: f"{CLIENT}: reapplied" in worker.log(), 10, "the task's log line")
 
 
 @redis_broker_only
@@ -152,7 +152,7 @@ def test_redis_down_during_the_hook_leaves_it_to_a_worker(
         finally:
             os.killpg(worker.process.pid, signal.SIGCONT)
         wait_until(lambda: not outage.client.exists(KEY), 30, "a retry to apply it")
-        assert f"{CLIENT}: reapplied" in worker.log()
+        wait_until(lambda: f"{CLIENT}: reapplied" in worker.log(), 10, "the task's log line")
     finally:
         runtime.reset()
         outage.close()
@@ -182,7 +182,7 @@ def test_the_safety_net_reapplies_an_invalidation_that_was_undone(
 
     worker = celery_process("worker", *INVALIDATION_WORKER)
     wait_until(lambda: not cache.client.exists(KEY), 20, "the safety net to re-apply it")
-    assert f"{CLIENT}: reapplied" in worker.log()
+    wait_until(lambda: f"{CLIENT}: reapplied" in worker.log(), 10, "the task's log line")
 
 
 @redis_broker_only
@@ -193,7 +193,7 @@ def test_a_message_from_before_generations_invalidates_outright(
     assert cache.set_cached_full_context(PHONE, COMPANY, {"stale": True})
     app.tasks[INVALIDATE_TASK].apply_async((PHONE, COMPANY))  # the first version's message
     wait_until(lambda: not cache.client.exists(KEY), 20, "the old-shape message")
-    assert f"{CLIENT}: reapplied" in worker.log()
+    wait_until(lambda: f"{CLIENT}: reapplied" in worker.log(), 10, "the task's log line")
 
 
 @redis_broker_only
