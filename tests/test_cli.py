@@ -557,7 +557,7 @@ def test_bench_runs_the_benchmarks_module_from_the_checkout() -> None:
 def test_bench_without_a_checkout_exits_2(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(cli, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(cli.tools, "REPO_ROOT", tmp_path)
     result = runner.invoke(cli.app, ["bench"])
     assert result.exit_code == 2
     assert "no benchmarks/" in result.stderr
