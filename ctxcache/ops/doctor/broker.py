@@ -10,13 +10,13 @@ import math
 import threading
 from collections.abc import Callable
 from typing import Final, TypeVar
-from urllib.parse import urlsplit
 
 import redis
 from redis import exceptions as redis_errors
 
 from ctxcache.errors import ConfigurationError
 from ctxcache.settings import CacheSettings, redact_url
+from ctxcache.urls import redis_url_of_broker
 
 from .report import Check
 
@@ -92,10 +92,11 @@ class BrokerDoctor:
             )
 
     def broker_eviction(self, url: str) -> Check:
-        if urlsplit(url).scheme not in ("redis", "rediss"):
+        server = redis_url_of_broker(url)
+        if server is None:
             return Check("broker eviction", True, "not a Redis broker: messages are never evicted")
         client = redis.Redis.from_url(
-            url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            server, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
         )
         try:
             info = {**client.info("server"), **client.info("memory")}
