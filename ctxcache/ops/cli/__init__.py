@@ -2,8 +2,9 @@
 
 Configured like the library, from ``CTXCACHE_*`` variables (``--url`` overrides
 ``CTXCACHE_REDIS_URL``). Tables for people, ``--json`` for scripts (JSON on
-stdout and nothing else). Exit codes: 0 ok; 1 a check failed or nothing was
-found; 2 bad input or configuration; 3 Redis (or the broker) unreachable.
+stdout and nothing else, errors too). Exit codes: 0 ok; 1 a check failed or
+nothing was found; 2 bad input or configuration; 3 Redis (or the broker)
+unreachable.
 
 One module per command group, each with its own ``commands``; :data:`app`
 joins them in the order ``ctxcache --help`` lists them.
@@ -12,7 +13,7 @@ joins them in the order ``ctxcache --help`` lists them.
 import typer
 
 from . import contexts, stats, tools, vip, warm
-from .base import global_options
+from .base import CommandGroup, global_options
 
 __all__ = ["app", "main"]
 
@@ -20,6 +21,9 @@ app = typer.Typer(
     name="ctxcache",
     help="Inspect and operate the ctxcache full-context cache in Redis.",
     callback=global_options,
+    cls=CommandGroup,
+    # Plain help: the rich panels print `<bool>` after every flag and `<int>` after -v.
+    rich_markup_mode=None,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals may hold a password
@@ -31,4 +35,4 @@ app.add_typer(vip.commands, name="vip")
 
 def main() -> None:
     """The console script's entry point (``ctxcache = ctxcache.ops.cli:main``)."""
-    app()
+    app(prog_name="ctxcache")  # `python -m ctxcache.ops.cli` too

@@ -30,12 +30,13 @@ __all__ = ["commands", "get", "invalidate"]
 commands = typer.Typer()
 
 
-def _duration(seconds: float | None) -> str:
+def _expiry(seconds: float | None) -> str:
+    """``expires in 11 h 59 min``, or ``no expiry`` for a key without a TTL."""
     if seconds is None:
         return "no expiry"
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
+    hours, rest = divmod(int(seconds), 3600)
+    left = f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
+    return f"expires in {left}"
 
 
 def _json_type(value: Any) -> str:
@@ -99,10 +100,10 @@ def get(
         return
     console = Console()
     console.print(f"[bold]{escape(key)}[/]")
-    ratio, ttl = summary["compression_ratio"], _duration(summary["ttl_seconds"])
+    ratio, expiry = summary["compression_ratio"], _expiry(summary["ttl_seconds"])
     console.print(
         f"stored {human_bytes(len(value))} ({encoding}), JSON {human_bytes(json_bytes)}, "
-        f"compression {ratio}x, expires in {ttl}"
+        f"compression {ratio}x, {expiry}"
     )
     table = Table("section", "type", "JSON size", "share")
     for name, size in sorted(sizes.items(), key=lambda item: -item[1]):

@@ -42,7 +42,8 @@ def stats(
             f"{totals.average_load_seconds * 1000:.1f} ms ({totals.loads} loads)",
         ),
         ("cached contexts", f"{result.cached_contexts}"),
-        ("cache size", human_bytes(result.cached_bytes)),
+        # MEMORY USAGE of the context keys; `doctor` counts the values' bytes (STRLEN).
+        ("cache size (Redis memory)", human_bytes(result.cached_bytes)),
         ("written / invalidated", f"{totals.sets} / {totals.invalidations}"),
         ("Redis errors", str(totals.errors)),
         ("stampedes avoided", str(totals.coalesced)),

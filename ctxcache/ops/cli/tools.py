@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .base import EXIT_FAILED, EXIT_USAGE, AsJson, die, print_json, url_option
+from .base import EXIT_FAILED, EXIT_USAGE, AsJson, die, load_settings, print_json, url_option
 
 __all__ = ["bench", "commands", "demo", "doctor"]
 
@@ -27,12 +27,21 @@ def doctor(
     as_json: AsJson = False,
 ) -> None:
     """Check Redis, the cache, the broker and the workers; each failure names its fix."""
-    from ctxcache.ops.doctor import diagnose
+    from ctxcache.ops.doctor import run_checks, verdict
 
-    checks = diagnose(url_option(ctx), timeout=timeout)
-    failed = [check for check in checks if not check.ok]
+    settings = load_settings(ctx)  # a bad setting exits 2, as for every command
+    reason = "given with --url" if url_option(ctx) else None
+    checks = run_checks(settings, timeout=timeout, reason=reason)
+    failed = [check for check in checks if check.status == "FAIL"]
     if as_json:
-        print_json({"ok": not failed, "checks": [check.as_dict() for check in checks]})
+        print_json(
+            {
+                "ok": not failed,
+                "failed": len(failed),
+                "skipped": sum(check.status == "SKIP" for check in checks),
+                "checks": [check.as_dict() for check in checks],
+            }
+        )
     else:
         console = Console(highlight=False, soft_wrap=True)
         colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red", "SKIP": "dim"}
@@ -42,8 +51,7 @@ def doctor(
             console.print(f"[{colour[status]}]{status}[/] [bold]{name}[/]: {detail}")
             if check.fix and status != "PASS":
                 console.print(f"      fix: {escape(check.fix)}")
-        verdict = f"{len(failed)} of {len(checks)} checks failed" if failed else "all checks passed"
-        console.print(f"[bold]{verdict}[/]")
+        console.print(f"[bold]{verdict(checks)}[/]")
     if failed:
         raise typer.Exit(EXIT_FAILED)
 
@@ -53,6 +61,7 @@ def demo(ctx: typer.Context) -> None:
     """Run the end-to-end demo; arguments go to it (`ctxcache demo -- --help`)."""
     from ctxcache.demo import main as demo_main
 
+    load_settings(ctx)  # a bad setting exits 2 here, before the demo starts anything
     url = url_option(ctx)
     if url:
         os.environ["CTXCACHE_REDIS_URL"] = url
@@ -72,6 +81,7 @@ def bench(
         die(
             EXIT_USAGE, f"no benchmarks/ in {REPO_ROOT}: run this from a checkout of the repository"
         )
+    load_settings(ctx)  # a bad setting exits 2 here, not in the benchmark subprocess
     env = dict(os.environ)
     url = url_option(ctx)
     if url:

@@ -68,7 +68,8 @@ def warm(
     refresh_threshold: Annotated[
         float | None,
         typer.Option(
-            help="reload contexts with fewer seconds to live (CTXCACHE_WARMUP_REFRESH_THRESHOLD)"
+            min=0,
+            help="reload contexts with fewer seconds to live (CTXCACHE_WARMUP_REFRESH_THRESHOLD)",
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="loads at once")] = 1,

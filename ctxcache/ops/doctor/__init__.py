@@ -11,10 +11,10 @@ from ctxcache.errors import ConfigurationError
 from ctxcache.settings import CacheSettings
 
 from .broker import BrokerDoctor, broker_url
-from .report import Check, human_bytes
+from .report import Check, human_bytes, verdict
 from .server import RedisDoctor
 
-__all__ = ["Check", "broker_url", "diagnose", "human_bytes", "run_checks"]
+__all__ = ["Check", "broker_url", "diagnose", "human_bytes", "run_checks", "verdict"]
 
 
 def diagnose(

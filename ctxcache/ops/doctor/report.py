@@ -1,11 +1,12 @@
-"""The doctor's report: one :class:`Check` per line, and sizes for people."""
+"""The doctor's report: one :class:`Check` per line, its verdict, and sizes for people."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Check", "human_bytes"]
+__all__ = ["Check", "human_bytes", "verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,19 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status}
+
+
+def verdict(checks: Sequence[Check]) -> str:
+    """``3 of 12 checks failed, 2 skipped``: a skipped check is neither a failure nor a pass."""
+    failed = sum(check.status == "FAIL" for check in checks)
+    skipped = sum(check.status == "SKIP" for check in checks)
+    if failed:
+        text = f"{failed} of {len(checks)} checks failed"
+    elif skipped:
+        text = f"all {len(checks) - skipped} checks that ran passed"
+    else:
+        text = "all checks passed"
+    return f"{text}, {skipped} skipped" if skipped else text
 
 
 def human_bytes(size: float) -> str:

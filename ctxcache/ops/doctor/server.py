@@ -13,14 +13,18 @@ import secrets
 import time
 from collections.abc import Iterator
 from typing import Any, Final
-from urllib.parse import urlsplit
 
+import redis
 from redis import exceptions as redis_errors
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ctxcache.client.connection import connect
 from ctxcache.client.sync import ContextCache
 from ctxcache.core.keys import KeyLayout
+from ctxcache.ops.hints import TUNNEL_FIX, auth_hint, tls_hint
 from ctxcache.settings import DEVELOPMENT_PORT, CacheSettings, redact_url
+from ctxcache.urls import RedisTarget, parse_cache_url, password_source
 
 from .report import Check, human_bytes
 
@@ -31,26 +35,14 @@ SIZING_CLIENTS: Final = 10_000
 # HSET with several field/value pairs (dialog and preference updates) needs 4.0.
 MIN_REDIS_VERSION: Final = (4, 0)
 GOOD_POLICIES: Final = frozenset({"allkeys-lru", "volatile-lru", "allkeys-lfu", "volatile-lfu"})
-TUNNEL_FIX: Final = (
-    "start the SSH tunnel: ./scripts/maintain-redis-tunnel.sh start "
-    "(check it with ./scripts/maintain-redis-tunnel.sh status)"
-)
 _SCRATCH_PHONE: Final = "+79990000000"  # under a scratch prefix: never a real client's key
 _LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def _host_port(url: str) -> tuple[str, int | None]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return parts.hostname or "", port
-
-
-def is_loopback(url: str) -> bool:
-    host, _ = _host_port(url)
-    return urlsplit(url).scheme == "unix" or host in _LOOPBACK or host.startswith("127.")
+def is_loopback(target: RedisTarget) -> bool:
+    """A unix socket or a loopback address: traffic that never leaves the host."""
+    host = target.host or ""
+    return target.socket_path is not None or host in _LOOPBACK or host.startswith("127.")
 
 
 @contextlib.contextmanager
@@ -100,6 +92,7 @@ class RedisDoctor:
         self.timeout = timeout
         self.scan_limit = scan_limit
         self.url = settings.effective_redis_url
+        self.target = parse_cache_url(self.url)
         self.shown = redact_url(self.url)
         self.client = connect(settings, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.run_id: str | None = None
@@ -119,7 +112,7 @@ class RedisDoctor:
 
     def url_check(self) -> Check:
         detail = f"{self.shown} ({self.reason})"
-        if urlsplit(self.url).scheme == "redis" and not is_loopback(self.url):
+        if self.target.scheme == "redis" and not is_loopback(self.target):
             return Check(
                 "redis url",
                 True,
@@ -129,13 +122,17 @@ class RedisDoctor:
         return Check("redis url", True, detail)
 
     def connection_checks(self) -> list[Check]:
-        host, port = _host_port(self.url)
-        where = f"{host}:{port}" if host else self.shown
+        target = self.target
+        where = f"{target.host}:{target.port}" if target.host else self.shown
+        port = target.port
+        source = password_source(target, self.settings.redis_password is not None)
         try:
             self.client.ping()
         except redis_errors.AuthenticationError as exc:
             reached = Check("redis reachable", True, f"{where} answers")
-            return [reached, Check("redis auth", False, str(exc), self._auth_fix(str(exc)))]
+            sent = f"password from {source}" if source else "no password"
+            detail = f"{exc} (sent: {sent})"
+            return [reached, Check("redis auth", False, detail, auth_hint(self.settings, str(exc)))]
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
             failed = Check("redis reachable", False, f"{self.shown}: {exc}", self._reach_fix(port))
             return [failed, Check("redis auth", False, "not run", skipped=True)]
@@ -154,10 +151,10 @@ class RedisDoctor:
             ]
         via = " through the SSH tunnel" if port == DEVELOPMENT_PORT else ""
         reached = Check("redis reachable", True, f"PING answered by {where}{via}")
-        password = urlsplit(self.url).password is not None or self.settings.redis_password
-        if password:
-            return [reached, Check("redis auth", True, "authenticated with a password")]
-        if not is_loopback(self.url):
+        if source:
+            detail = f"authenticated with the password from {source}"
+            return [reached, Check("redis auth", True, detail)]
+        if not is_loopback(target):
             advice = "require a password on the server and set REDIS_PASSWORD here"
             return [
                 reached,
@@ -166,20 +163,40 @@ class RedisDoctor:
         return [reached, Check("redis auth", True, "no password needed (loopback)")]
 
     def _reach_fix(self, port: int | None) -> str:
+        if self._speaks_plain_text():
+            return (
+                f"the server at {self.target.host}:{port} answers without TLS: "
+                "use redis:// instead of rediss://, or turn TLS on in the server"
+            )
+        tls = tls_hint(self.settings)
+        if tls:
+            return tls
         if port == DEVELOPMENT_PORT:
             return TUNNEL_FIX + "; or set CTXCACHE_REDIS_URL (CTXCACHE_ENV=production uses 6379)"
         if self.settings.redis_url is None:
             return "start Redis on this host (port 6379), or set CTXCACHE_REDIS_URL"
         return f"check that Redis runs at {self.shown} (redis-cli ping) or fix CTXCACHE_REDIS_URL"
 
-    def _auth_fix(self, message: str) -> str:
-        if "without any password" in message or "no password is set" in message:
-            return "the server has no password, yet one was sent: unset REDIS_PASSWORD or the URL's"
-        # Under RESP3 (redis-py's HELLO) a missing password reads "HELLO must be called
-        # with the client already authenticated"; under RESP2 "NOAUTH ... required".
-        if "NOAUTH" in message or "required" in message or "already authenticated" in message:
-            return "the server requires a password: set REDIS_PASSWORD"
-        return "the password is wrong: check REDIS_PASSWORD (or the one in CTXCACHE_REDIS_URL)"
+    def _speaks_plain_text(self) -> bool:
+        """For ``rediss://``: does the same host and port answer Redis without TLS?"""
+        if self.target.scheme != "rediss":
+            return False
+        probe = redis.Redis(
+            host=self.target.host or "localhost",
+            port=self.target.port or 6379,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            probe.ping()
+        except (redis_errors.AuthenticationError, redis_errors.ResponseError):
+            return True  # it refused us, in plain-text Redis
+        except redis_errors.RedisError:
+            return False
+        finally:
+            probe.close()
+        return True
 
     def server_checks(self) -> list[Check]:
         try:
@@ -242,7 +259,9 @@ class RedisDoctor:
             return failed, 0, None
         average = total / count if count else None
         at_least = "at least " if truncated else ""
-        detail = f"{at_least}{count} keys {pattern}, {human_bytes(total)} stored"
+        # STRLEN: the values' own bytes. `ctxcache stats` reports Redis memory
+        # (MEMORY USAGE), which adds Redis's overhead per key.
+        detail = f"{at_least}{count} keys {pattern}, values {human_bytes(total)}"
         if average is not None:
             detail += f", {human_bytes(average)} each on average"
         return Check("cached contexts", True, detail), count, average
