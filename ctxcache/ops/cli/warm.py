@@ -77,7 +77,7 @@ def warm(
 ) -> None:
     """Warm up the VIP contexts now, in this process (loader: CTXCACHE_LOADER)."""
     if queue:
-        _enqueue_warm_up(ctx, as_json)
+        _enqueue_warm_up(ctx, as_json, refresh_threshold)
         return
     settings = load_settings(ctx)
     if not settings.loader:
@@ -125,7 +125,7 @@ def warm(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _enqueue_warm_up(ctx: typer.Context, as_json: bool) -> None:
+def _enqueue_warm_up(ctx: typer.Context, as_json: bool, refresh_threshold: float | None) -> None:
     from ctxcache.ops.doctor import broker_url
 
     settings = load_settings(ctx)
@@ -138,8 +138,9 @@ def _enqueue_warm_up(ctx: typer.Context, as_json: bool) -> None:
     except ConfigurationError as exc:
         die(EXIT_USAGE, str(exc))
     try:
+        options = {} if refresh_threshold is None else {"refresh_threshold": refresh_threshold}
         result = celery_app.tasks[WARM_ALL_TASK].apply_async(
-            retry=True, retry_policy=PUBLISH_RETRY_POLICY
+            kwargs=options, retry=True, retry_policy=PUBLISH_RETRY_POLICY
         )
     except Exception as exc:  # kombu, socket and broker errors alike
         die(EXIT_UNREACHABLE, f"could not publish to the broker {redact_url(url)}: {exc}")
