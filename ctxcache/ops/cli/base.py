@@ -64,6 +64,8 @@ AsJson = Annotated[bool, typer.Option("--json", help="print JSON for scripts, no
 
 @dataclass
 class State:
+    """What the options before the command leave for it (``ctx.obj``)."""
+
     url: str | None = None
 
 
@@ -73,6 +75,7 @@ def url_option(ctx: typer.Context) -> str | None:
 
 
 def print_json(data: Any) -> None:
+    """One line of JSON on stdout, for ``--json``."""
     sys.stdout.write(orjson.dumps(data).decode() + "\n")
 
 
