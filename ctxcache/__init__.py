@@ -1,5 +1,7 @@
 """ctxcache: a client's full dialog context cached in Redis, for every worker to share."""
 
+from importlib import metadata as _metadata
+
 from ctxcache.client.sync import ContextCache
 from ctxcache.client.vip import VipRegistry
 from ctxcache.core.invalidation import EnsureOutcome, Invalidation
@@ -62,3 +64,8 @@ __all__ = [
     "normalize_phone",
     "validate_company_id",
 ]
+
+try:  # the installed distribution's version; reading its metadata is the only work done here
+    __version__: str = _metadata.version("ctxcache")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"

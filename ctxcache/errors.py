@@ -17,6 +17,7 @@ __all__ = [
     "InvalidContextError",
     "InvalidPhoneError",
     "InvalidTTLError",
+    "InvalidUrlError",
     "InvalidationFailedError",
     "SectionScopeError",
     "UndecodableValueError",
@@ -36,6 +37,14 @@ class ConfigurationError(CtxCacheError):
     def __init__(self, message: str, *, variable: str | None = None) -> None:
         super().__init__(message)
         self.variable = variable
+
+
+class InvalidUrlError(ConfigurationError, ValueError):
+    """A Redis or broker URL that its client library would misread or refuse.
+
+    The message says which part is wrong (never the password); the settings
+    prefix it with the variable's name.
+    """
 
 
 class InvalidPhoneError(CtxCacheError, ValueError):

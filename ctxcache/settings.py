@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import phonenumbers
 from pydantic import (
@@ -11,6 +11,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -26,6 +27,7 @@ from ctxcache.core.wire import (
 )
 from ctxcache.errors import ConfigurationError
 from ctxcache.protocols import resolve_callable
+from ctxcache.urls import check_broker_url, default_broker_url, parse_cache_url
 
 __all__ = [
     "DEVELOPMENT_PORT",
@@ -147,9 +149,12 @@ class CacheSettings(BaseSettings):
 
     @field_validator("redis_url", "broker_url")
     @classmethod
-    def _url_has_scheme(cls, value: str | None) -> str | None:
-        if value is not None and "://" not in value:
-            raise ValueError("must be a URL such as redis://127.0.0.1:6379/0")
+    def _valid_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Every part checked now (ctxcache.urls), so a typo stops the start, not a later call.
+        if value is not None:
+            value = value.strip()
+            check = parse_cache_url if info.field_name == "redis_url" else check_broker_url
+            check(value)
         return value
 
     @field_validator("lock_wait")
@@ -169,7 +174,7 @@ class CacheSettings(BaseSettings):
             for error in exc.errors():
                 field = str(error["loc"][0]) if error["loc"] else "?"
                 variable = "REDIS_PASSWORD" if field == "redis_password" else _env_name(field)
-                problems.append(f"{variable}: {error['msg']}")
+                problems.append(f"{variable}: {error['msg'].removeprefix('Value error, ')}")
             first = str(exc.errors()[0]["loc"][0]) if exc.errors() else None
             raise ConfigurationError(
                 "invalid ctxcache setting: " + "; ".join(problems),
@@ -193,15 +198,8 @@ class CacheSettings(BaseSettings):
         """
         if self.broker_url:
             return self.broker_url
-        parts = urlsplit(self.effective_redis_url)
-        db = int(parts.path.strip("/") or 0)
-        neighbour = db + 1 if db < 15 else db - 1  # 16 databases by default
-        netloc = parts.netloc
-        if self.redis_password is not None and parts.password is None:
-            # The cache client gets REDIS_PASSWORD separately; the broker only has a URL.
-            secret = quote(self.redis_password.get_secret_value(), safe="")
-            netloc = f"{parts.username or ''}:{secret}@{netloc.rpartition('@')[2]}"
-        return urlunsplit(parts._replace(netloc=netloc, path=f"/{neighbour}"))
+        password = self.redis_password.get_secret_value() if self.redis_password else None
+        return default_broker_url(parse_cache_url(self.effective_redis_url), password)
 
     @property
     def broker_reason(self) -> str:
