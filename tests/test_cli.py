@@ -457,7 +457,7 @@ def test_doctor_points_at_the_tunnel_in_development(runner: CliRunner) -> None:
     checks = checks_by_name(result.stdout)
     assert "6380" in checks["redis url"]["detail"]
     if not checks["redis reachable"]["ok"]:  # unless a tunnel really runs here
-        assert "maintain-redis-tunnel.sh start" in checks["redis reachable"]["fix"]
+        assert "ctxcache tunnel start" in checks["redis reachable"]["fix"]
 
 
 def doctor_checks(url: str, **settings: Any) -> dict[str, Check]:

@@ -41,6 +41,7 @@ from ctxcache.errors import (
     UndecodableValueError,
 )
 from ctxcache.ops.doctor import human_bytes
+from ctxcache.ops.tunnel.commands import app as tunnel_app
 from ctxcache.protocols import ContextLoader, VipSource, resolve_callable
 from ctxcache.settings import CacheSettings, redact_url
 
@@ -59,6 +60,7 @@ app = typer.Typer(
 )
 vip_app = typer.Typer(help="The VIP clients the warm-up keeps cached.", no_args_is_help=True)
 app.add_typer(vip_app, name="vip")
+app.add_typer(tunnel_app, name="tunnel")
 
 Phone = Annotated[str, typer.Argument(help="client phone, any format (+79001234567, 8 900 ...)")]
 Company = Annotated[str, typer.Argument(help="company id, a positive integer")]

@@ -39,8 +39,7 @@ SIZING_CLIENTS: Final = 10_000
 MIN_REDIS_VERSION: Final = (4, 0)
 GOOD_POLICIES: Final = frozenset({"allkeys-lru", "volatile-lru", "allkeys-lfu", "volatile-lfu"})
 TUNNEL_FIX: Final = (
-    "start the SSH tunnel: ./scripts/maintain-redis-tunnel.sh start "
-    "(check it with ./scripts/maintain-redis-tunnel.sh status)"
+    "start the SSH tunnel: ctxcache tunnel start (check it with ctxcache tunnel status)"
 )
 WORKER_COMMAND: Final = "celery -A tasks worker -Q ctxcache.invalidate,ctxcache.warmup"
 _SCRATCH_PHONE: Final = "+79990000000"  # under a scratch prefix: never a real client's key
