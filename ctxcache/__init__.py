@@ -1,6 +1,6 @@
 """ctxcache: a client's full dialog context cached in Redis, for every worker to share."""
 
-from ctxcache.client.sync import GENERATION_UNKNOWN, ContextCache, WarmOutcome
+from ctxcache.client.sync import GENERATION_UNKNOWN, ContextCache, EnsureOutcome, WarmOutcome
 from ctxcache.client.vip import VipRegistry
 from ctxcache.core.keys import KeyLayout, validate_company_id
 from ctxcache.core.phone import mask_phone, normalize_phone
@@ -38,6 +38,7 @@ __all__ = [
     "ContextLoader",
     "ContextTooLargeError",
     "CtxCacheError",
+    "EnsureOutcome",
     "InvalidCompanyIdError",
     "InvalidContextError",
     "InvalidPhoneError",

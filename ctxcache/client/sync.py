@@ -30,7 +30,7 @@ from ctxcache.errors import (
 from ctxcache.protocols import ContextLoader
 from ctxcache.settings import CacheSettings
 
-__all__ = ["GENERATION_UNKNOWN", "ContextCache", "WarmOutcome"]
+__all__ = ["GENERATION_UNKNOWN", "ContextCache", "EnsureOutcome", "WarmOutcome"]
 
 logger = logging.getLogger("ctxcache")
 
@@ -66,6 +66,14 @@ class WarmOutcome(enum.Enum):
     FRESH = "fresh"  # remaining TTL above the threshold: skipped
     BUSY = "busy"  # another worker holds the load lock: skipped
     SUPERSEDED = "superseded"  # invalidated while loading: not written
+    UNAVAILABLE = "unavailable"  # Redis could not be used
+
+
+class EnsureOutcome(enum.Enum):
+    """What :meth:`ContextCache.ensure_invalidated` found and did."""
+
+    IN_EFFECT = "in_effect"  # the earlier invalidation still holds: nothing done
+    REAPPLIED = "reapplied"  # it had been undone (or none was given): applied now
     UNAVAILABLE = "unavailable"  # Redis could not be used
 
 
@@ -121,6 +129,7 @@ class ContextCache:
         self._store = client.register_script(scripts.STORE_IF_GENERATION)
         self._release = client.register_script(scripts.RELEASE_LOCK)
         self._invalidate = client.register_script(scripts.INVALIDATE)
+        self._invalidate_if_behind = client.register_script(scripts.INVALIDATE_IF_BEHIND)
         self._update_section = client.register_script(scripts.UPDATE_SECTION)
 
     @classmethod
@@ -192,6 +201,15 @@ class ContextCache:
 
     def invalidate_cached_context(self, phone: str, company_id: int | str) -> bool:
         """Delete the cached context and void every load in flight; ``False`` on failure."""
+        return self.apply_invalidation(phone, company_id) is not None
+
+    def apply_invalidation(self, phone: str, company_id: int | str) -> int | None:
+        """Invalidate as :meth:`invalidate_cached_context` does; return the generation it produced.
+
+        ``None`` if Redis did not take it. Hand the generation to
+        :meth:`ensure_invalidated` later (the booking hooks queue it to a
+        worker) to check that this invalidation was not undone meanwhile.
+        """
         keys = self.client_keys(phone, company_id)
         result = self._redis(
             "INVALIDATE",
@@ -201,10 +219,42 @@ class ContextCache:
             ),
         )
         if isinstance(result, _Unavailable):
-            return False
+            return None
         self._stats.add("invalidations")
-        logger.info("invalidated %s (%s)", keys.masked, "deleted" if result else "was absent")
-        return True
+        logger.info("invalidated %s (%s)", keys.masked, "deleted" if result[0] else "was absent")
+        return int(result[1])
+
+    def ensure_invalidated(
+        self, phone: str, company_id: int | str, generation: int | None
+    ) -> EnsureOutcome:
+        """Make sure the invalidation that produced ``generation`` is still in effect.
+
+        A no-op while the client's generation is at or past ``generation``
+        (a context loaded since then is kept). If it is behind or gone, the
+        earlier write was lost, for example to a failover, and the
+        invalidation is applied again. ``None`` means no earlier invalidation
+        is known to have happened: it is applied unconditionally.
+        """
+        if generation is None:
+            applied = self.apply_invalidation(phone, company_id) is not None
+            return EnsureOutcome.REAPPLIED if applied else EnsureOutcome.UNAVAILABLE
+        keys = self.client_keys(phone, company_id)
+        result = self._redis(
+            "INVALIDATE_IF_BEHIND",
+            keys.masked,
+            lambda: self._invalidate_if_behind(
+                keys=[keys.full_context, keys.generation],
+                args=[self.settings.generation_ttl, generation],
+            ),
+        )
+        if isinstance(result, _Unavailable):
+            return EnsureOutcome.UNAVAILABLE
+        if not int(result[0]):
+            logger.debug("invalidation of %s still in effect", keys.masked)
+            return EnsureOutcome.IN_EFFECT
+        self._stats.add("invalidations")
+        logger.warning("invalidation of %s had been undone: applied again", keys.masked)
+        return EnsureOutcome.REAPPLIED
 
     def current_generation(self, phone: str, company_id: int | str) -> str:
         """The client's generation, for a guarded :meth:`set_cached_full_context`.

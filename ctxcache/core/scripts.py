@@ -18,6 +18,7 @@ from typing import Final
 
 __all__ = [
     "INVALIDATE",
+    "INVALIDATE_IF_BEHIND",
     "LEASE",
     "LEASE_HIT",
     "LEASE_LOCKED",
@@ -120,8 +121,28 @@ local deleted = redis.call('DEL', {full_context})
 
 # Deletes the value and voids every lease handed out before.
 # KEYS[1] full context, KEYS[2] generation; ARGV[1] generation ttl in s
-# -> number of values deleted (0 or 1)
-INVALIDATE: Final = _void_leases("KEYS[2]", "ARGV[1]", "KEYS[1]") + "return deleted\n"
+# -> {values deleted (0 or 1), the generation this invalidation produced}
+INVALIDATE: Final = (
+    _void_leases("KEYS[2]", "ARGV[1]", "KEYS[1]") + "return {deleted, redis.call('GET', KEYS[2])}\n"
+)
+
+# The safety net behind an invalidation applied elsewhere: a no-op while the
+# generation is still at or past the one that invalidation produced; if it is
+# behind (or gone), that write was lost (a failover, a restore) and the
+# invalidation is applied again. Generations stay below 2^53, exact in Lua.
+# KEYS[1] full context, KEYS[2] generation; ARGV[1] generation ttl in s,
+# ARGV[2] the generation the earlier invalidation produced
+# -> {1 re-applied | 0 still in effect, the current generation}
+INVALIDATE_IF_BEHIND: Final = (
+    """
+local current = redis.call('GET', KEYS[2])
+if current and tonumber(current) >= tonumber(ARGV[2]) then
+  return {0, current}
+end
+"""
+    + _void_leases("KEYS[2]", "ARGV[1]", "KEYS[1]")
+    + "return {1, redis.call('GET', KEYS[2])}\n"
+)
 
 # Merges fields into a client's section hash (dialog context, preferences)
 # and invalidates the full context in the same step, so no reader can see the
