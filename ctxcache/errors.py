@@ -20,6 +20,8 @@ __all__ = [
     "InvalidUrlError",
     "InvalidationFailedError",
     "SectionScopeError",
+    "TunnelError",
+    "TunnelNotRunningError",
     "UndecodableValueError",
 ]
 
@@ -121,3 +123,14 @@ class InvalidationFailedError(CtxCacheError):
     The booking hooks raise it rather than lose the invalidation silently;
     the stale context then lives at most until its TTL ends.
     """
+
+
+class TunnelError(CtxCacheError):
+    """The developer SSH tunnel (``ctxcache tunnel``) could not be started or managed.
+
+    The message carries ssh's own last error line when there is one.
+    """
+
+
+class TunnelNotRunningError(TunnelError):
+    """``ctxcache tunnel stop`` found no tunnel that it started."""

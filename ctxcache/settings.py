@@ -103,6 +103,45 @@ class CacheSettings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     publish_timeout: float = Field(default=2.0, gt=0)
 
+    # -- Developer tunnel (`ctxcache tunnel`, ctxcache/ops/tunnel/) -------------------------
+    # ssh -N -L 127.0.0.1:<tunnel_local_port>:<tunnel_redis_host>:<tunnel_redis_port> to the
+    # bastion <tunnel_user>@<tunnel_host>:<tunnel_port>. The host is required only to start.
+    tunnel_host: str | None = None
+    tunnel_user: str | None = None
+    tunnel_port: int = Field(default=22, ge=1, le=65535)
+    tunnel_identity: str | None = None
+    tunnel_redis_host: str = "127.0.0.1"
+    """Redis as the bastion sees it."""
+    tunnel_redis_port: int = Field(default=PRODUCTION_PORT, ge=1, le=65535)
+    tunnel_local_port: int = Field(default=DEVELOPMENT_PORT, ge=1, le=65535)
+    tunnel_strict_host_key_checking: Literal["yes", "accept-new"] = "accept-new"
+    tunnel_known_hosts_file: str | None = None
+    tunnel_alive_interval: int = Field(default=15, ge=1, le=3600)
+    tunnel_runtime_dir: str | None = None
+    """Pid, state and log files; default ``$XDG_RUNTIME_DIR/ctxcache`` or a private temp dir."""
+
+    @field_validator(
+        "tunnel_host",
+        "tunnel_user",
+        "tunnel_identity",
+        "tunnel_known_hosts_file",
+        "tunnel_runtime_dir",
+        mode="before",
+    )
+    @classmethod
+    def _blank_tunnel_value_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("tunnel_host", "tunnel_user", "tunnel_redis_host")
+    @classmethod
+    def _ssh_word(cls, value: str | None) -> str | None:
+        # These become ssh arguments: a leading "-" would be read as an option.
+        if value is not None and (
+            not value or value.startswith("-") or any(c.isspace() or c == "@" for c in value)
+        ):
+            raise ValueError("must be a plain host or user name (no spaces, '@' or leading '-')")
+        return value
+
     @field_validator("phone_region")
     @classmethod
     def _known_region(cls, value: str) -> str:

@@ -16,8 +16,7 @@ __all__ = ["TUNNEL_FIX", "auth_hint", "is_missing_password", "tls_hint"]
 
 # The spec's development set-up reaches Redis through an SSH tunnel on 6380.
 TUNNEL_FIX: Final = (
-    "open the SSH tunnel to the Redis server: "
-    "ssh -N -L 127.0.0.1:6380:<redis-host>:6379 <user>@<bastion>"
+    "start the SSH tunnel: ctxcache tunnel start (check it with ctxcache tunnel status)"
 )
 
 

@@ -12,6 +12,8 @@ joins them in the order ``ctxcache --help`` lists them.
 
 import typer
 
+from ctxcache.ops.tunnel.commands import app as tunnel_commands
+
 from . import contexts, stats, tools, vip, warm
 from .base import CommandGroup, global_options
 
@@ -31,6 +33,7 @@ app = typer.Typer(
 for _group in (contexts, warm, stats, tools):
     app.add_typer(_group.commands)
 app.add_typer(vip.commands, name="vip")
+app.add_typer(tunnel_commands, name="tunnel")
 
 
 def main() -> None:
