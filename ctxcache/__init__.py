@@ -7,8 +7,8 @@ from ctxcache.client.vip import VipRegistry
 from ctxcache.core.invalidation import EnsureOutcome, Invalidation
 from ctxcache.core.keys import KeyLayout, validate_company_id
 from ctxcache.core.layout import SectionLayout
-from ctxcache.core.loads import WarmOutcome
 from ctxcache.core.phone import mask_phone, normalize_phone
+from ctxcache.core.refresh import WarmOutcome
 from ctxcache.core.stats import CacheStats
 from ctxcache.core.writes import GENERATION_UNKNOWN
 from ctxcache.errors import (
