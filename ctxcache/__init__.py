@@ -1,12 +1,15 @@
 """ctxcache: a client's full dialog context cached in Redis, for every worker to share."""
 
+from importlib import metadata as _metadata
+
 from ctxcache.client.sync import ContextCache
 from ctxcache.client.vip import VipRegistry
 from ctxcache.core.invalidation import EnsureOutcome, Invalidation
 from ctxcache.core.keys import KeyLayout, validate_company_id
+from ctxcache.core.l1 import ReadOnlySectionError, thaw
 from ctxcache.core.layout import SectionLayout
-from ctxcache.core.loads import WarmOutcome
 from ctxcache.core.phone import mask_phone, normalize_phone
+from ctxcache.core.refresh import WarmOutcome
 from ctxcache.core.stats import CacheStats
 from ctxcache.core.writes import GENERATION_UNKNOWN
 from ctxcache.errors import (
@@ -51,6 +54,7 @@ __all__ = [
     "Invalidation",
     "InvalidationFailedError",
     "KeyLayout",
+    "ReadOnlySectionError",
     "SectionLayout",
     "SectionScopeError",
     "SectionedLoader",
@@ -60,5 +64,11 @@ __all__ = [
     "WarmOutcome",
     "mask_phone",
     "normalize_phone",
+    "thaw",
     "validate_company_id",
 ]
+
+try:  # the installed distribution's version; reading its metadata is the only work done here
+    __version__: str = _metadata.version("ctxcache")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"

@@ -17,8 +17,11 @@ __all__ = [
     "InvalidContextError",
     "InvalidPhoneError",
     "InvalidTTLError",
+    "InvalidUrlError",
     "InvalidationFailedError",
     "SectionScopeError",
+    "TunnelError",
+    "TunnelNotRunningError",
     "UndecodableValueError",
 ]
 
@@ -36,6 +39,14 @@ class ConfigurationError(CtxCacheError):
     def __init__(self, message: str, *, variable: str | None = None) -> None:
         super().__init__(message)
         self.variable = variable
+
+
+class InvalidUrlError(ConfigurationError, ValueError):
+    """A Redis or broker URL that its client library would misread or refuse.
+
+    The message says which part is wrong (never the password); the settings
+    prefix it with the variable's name.
+    """
 
 
 class InvalidPhoneError(CtxCacheError, ValueError):
@@ -112,3 +123,14 @@ class InvalidationFailedError(CtxCacheError):
     The booking hooks raise it rather than lose the invalidation silently;
     the stale context then lives at most until its TTL ends.
     """
+
+
+class TunnelError(CtxCacheError):
+    """The developer SSH tunnel (``ctxcache tunnel``) could not be started or managed.
+
+    The message carries ssh's own last error line when there is one.
+    """
+
+
+class TunnelNotRunningError(TunnelError):
+    """``ctxcache tunnel stop`` found no tunnel that it started."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import phonenumbers
 from pydantic import (
@@ -11,6 +11,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -26,6 +27,7 @@ from ctxcache.core.wire import (
 )
 from ctxcache.errors import ConfigurationError
 from ctxcache.protocols import resolve_callable
+from ctxcache.urls import check_broker_url, default_broker_url, parse_cache_url
 
 __all__ = [
     "DEVELOPMENT_PORT",
@@ -99,10 +101,57 @@ class CacheSettings(BaseSettings):
     # package.module:function turning values orjson cannot encode (Decimal...) into JSON.
     json_default: str | None = None
 
+    # The in-process cache: bytes of JSON it may hold (0 turns it off), and
+    # whether callers get private copies or shared read-only sections.
+    l1_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    l1_mode: Literal["copy", "shared"] = "copy"
+    # Early refresh (XFetch): a part is reloaded in the background when
+    # now - load_time * beta * ln(rand) passes its expiry; 0 turns it off.
+    early_refresh_beta: float = Field(default=1.0, ge=0, le=100)
+
     # Metrics: counters are pushed to Redis at most this often per process.
     stats_flush_interval: float = Field(default=10.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     publish_timeout: float = Field(default=2.0, gt=0)
+
+    # -- Developer tunnel (`ctxcache tunnel`, ctxcache/ops/tunnel/) -------------------------
+    # ssh -N -L 127.0.0.1:<tunnel_local_port>:<tunnel_redis_host>:<tunnel_redis_port> to the
+    # bastion <tunnel_user>@<tunnel_host>:<tunnel_port>. The host is required only to start.
+    tunnel_host: str | None = None
+    tunnel_user: str | None = None
+    tunnel_port: int = Field(default=22, ge=1, le=65535)
+    tunnel_identity: str | None = None
+    tunnel_redis_host: str = "127.0.0.1"
+    """Redis as the bastion sees it."""
+    tunnel_redis_port: int = Field(default=PRODUCTION_PORT, ge=1, le=65535)
+    tunnel_local_port: int = Field(default=DEVELOPMENT_PORT, ge=1, le=65535)
+    tunnel_strict_host_key_checking: Literal["yes", "accept-new"] = "accept-new"
+    tunnel_known_hosts_file: str | None = None
+    tunnel_alive_interval: int = Field(default=15, ge=1, le=3600)
+    tunnel_runtime_dir: str | None = None
+    """Pid, state and log files; default ``$XDG_RUNTIME_DIR/ctxcache`` or a private temp dir."""
+
+    @field_validator(
+        "tunnel_host",
+        "tunnel_user",
+        "tunnel_identity",
+        "tunnel_known_hosts_file",
+        "tunnel_runtime_dir",
+        mode="before",
+    )
+    @classmethod
+    def _blank_tunnel_value_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("tunnel_host", "tunnel_user", "tunnel_redis_host")
+    @classmethod
+    def _ssh_word(cls, value: str | None) -> str | None:
+        # These become ssh arguments: a leading "-" would be read as an option.
+        if value is not None and (
+            not value or value.startswith("-") or any(c.isspace() or c == "@" for c in value)
+        ):
+            raise ValueError("must be a plain host or user name (no spaces, '@' or leading '-')")
+        return value
 
     @field_validator("phone_region")
     @classmethod
@@ -150,9 +199,12 @@ class CacheSettings(BaseSettings):
 
     @field_validator("redis_url", "broker_url")
     @classmethod
-    def _url_has_scheme(cls, value: str | None) -> str | None:
-        if value is not None and "://" not in value:
-            raise ValueError("must be a URL such as redis://127.0.0.1:6379/0")
+    def _valid_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Every part checked now (ctxcache.urls), so a typo stops the start, not a later call.
+        if value is not None:
+            value = value.strip()
+            check = parse_cache_url if info.field_name == "redis_url" else check_broker_url
+            check(value)
         return value
 
     @field_validator("lock_wait")
@@ -172,7 +224,7 @@ class CacheSettings(BaseSettings):
             for error in exc.errors():
                 field = str(error["loc"][0]) if error["loc"] else "?"
                 variable = "REDIS_PASSWORD" if field == "redis_password" else _env_name(field)
-                problems.append(f"{variable}: {error['msg']}")
+                problems.append(f"{variable}: {error['msg'].removeprefix('Value error, ')}")
             first = str(exc.errors()[0]["loc"][0]) if exc.errors() else None
             raise ConfigurationError(
                 "invalid ctxcache setting: " + "; ".join(problems),
@@ -196,15 +248,8 @@ class CacheSettings(BaseSettings):
         """
         if self.broker_url:
             return self.broker_url
-        parts = urlsplit(self.effective_redis_url)
-        db = int(parts.path.strip("/") or 0)
-        neighbour = db + 1 if db < 15 else db - 1  # 16 databases by default
-        netloc = parts.netloc
-        if self.redis_password is not None and parts.password is None:
-            # The cache client gets REDIS_PASSWORD separately; the broker only has a URL.
-            secret = quote(self.redis_password.get_secret_value(), safe="")
-            netloc = f"{parts.username or ''}:{secret}@{netloc.rpartition('@')[2]}"
-        return urlunsplit(parts._replace(netloc=netloc, path=f"/{neighbour}"))
+        password = self.redis_password.get_secret_value() if self.redis_password else None
+        return default_broker_url(parse_cache_url(self.effective_redis_url), password)
 
     @property
     def broker_reason(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from redis import exceptions as redis_errors
 
 from ctxcache import (
     CacheUnavailableError,
+    ConfigurationError,
     ContextCache,
     CtxCacheError,
     EnsureOutcome,
@@ -48,6 +50,8 @@ WARM_ONE_TASK = "ctxcache.warm_context"
 # past the timeout would be delivered again and again, celery #2481).
 RETRY_SPAN_SECONDS = 24 * 60 * 60
 _RETRY_BACKOFF_CAP = 300
+# The exit status of a worker or beat refused for a bad setting: 2, as in the ctxcache CLI.
+EXIT_CONFIGURATION = 2
 
 
 def retry_schedule(settings: CacheSettings) -> tuple[int, int]:
@@ -117,8 +121,14 @@ def _register_tasks(celery_app: Celery) -> None:
         return str(outcome.value)
 
     @celery_app.task(name=WARM_ALL_TASK, bind=True, shared=False)
-    def warm_vip_contexts(self: Task[[], int]) -> int:
-        """Fan out ``warm_context`` for every VIP; at most one run per warm-up interval."""
+    def warm_vip_contexts(
+        self: Task[[float | None], int], refresh_threshold: float | None = None
+    ) -> int:
+        """Fan out ``warm_context`` for every VIP; at most one run per warm-up interval.
+
+        ``refresh_threshold`` (seconds) overrides CTXCACHE_WARMUP_REFRESH_THRESHOLD
+        for this run (``ctxcache warm --queue --refresh-threshold N``).
+        """
         cache = runtime.get_cache()
         interval = cache.settings.warmup_interval
         try:
@@ -138,18 +148,19 @@ def _register_tasks(celery_app: Celery) -> None:
         for chunk in _chunks(
             _valid_vips(cache, runtime.get_vip_source()()), cache.settings.warmup_chunk_size
         ):
-            group(warm_one.s(phone, company) for phone, company in chunk).apply_async(
-                expires=interval
-            )
+            group(
+                warm_one.s(phone, company, refresh_threshold) for phone, company in chunk
+            ).apply_async(expires=interval)
             queued += len(chunk)
         logger.info("warm-up: queued %d VIP contexts", queued)
         return queued
 
     @celery_app.task(name=WARM_ONE_TASK, shared=False)
-    def warm_context(phone: str, company_id: int) -> str:
+    def warm_context(phone: str, company_id: int, refresh_threshold: float | None = None) -> str:
         """Load and cache one context unless it is fresh; an invalidation meanwhile wins."""
         cache = runtime.get_cache()
-        outcome = cache.warm_full_context(phone, company_id, runtime.get_loader())
+        loader = runtime.get_loader()
+        outcome = cache.warm_full_context(phone, company_id, loader, refresh_threshold)
         logger.info("warm-up of %s / %s: %s", mask_phone(phone), company_id, outcome.value)
         return outcome.value
 
@@ -163,4 +174,28 @@ def _valid_vips(cache: ContextCache, vips: Iterable[tuple[str, int]]) -> Iterato
             logger.error("skipping a VIP entry: %s", exc)
 
 
-app = create_app()
+def _loaded_by_celery_command() -> bool:
+    """Whether ``celery -A tasks ...`` is importing this module right now."""
+    command = sys.modules.get("celery.bin.celery")
+    if command is None:
+        return False
+    import click
+
+    context = click.get_current_context(silent=True)
+    return context is not None and context.find_root().command is getattr(command, "celery", None)
+
+
+def _default_app() -> Celery:
+    try:
+        return create_app()
+    except ConfigurationError as exc:
+        if not _loaded_by_celery_command():
+            raise
+        # `celery -A tasks worker|beat` reports an error raised while importing
+        # the app with its whole traceback (86 lines for one bad URL), which
+        # buries the one line that matters. SystemExit passes through it.
+        sys.stderr.write(f"ctxcache: cannot start: {exc}\n")
+        raise SystemExit(EXIT_CONFIGURATION) from None
+
+
+app = _default_app()

@@ -134,18 +134,48 @@ def get_vip_source() -> VipSource:
 
 
 @worker_init.connect
-def _check_configuration(**_: Any) -> None:
-    """Resolve dotted paths when the worker starts; a wrong one stops it with a clear message."""
+def _check_configuration(sender: Any = None, **_: Any) -> None:
+    """Resolve dotted paths when the worker starts; a wrong one stops it with a clear message.
+
+    Without a loader the worker still applies invalidations, but it does not
+    consume the warm-up queue: its warm-ups could only fail, and leaving them
+    queued lets a worker that has a loader take them.
+    """
     try:
         current = settings()
         if current.loader:
             get_loader()
         if current.vip_source:
             get_vip_source()
+        with _lock:
+            has_loader = bool(current.loader) or "loader" in _state
+        if not has_loader and sender is not None:
+            _skip_warm_up(sender)
     except ConfigurationError as exc:
         logger.critical("ctxcache worker cannot start: %s", exc)
         # Celery logs and swallows exceptions from signal handlers; SystemExit stops it.
         raise SystemExit(f"ctxcache worker cannot start: {exc}") from exc
+
+
+def _skip_warm_up(worker: Any) -> None:
+    """Stop ``worker`` (a WorkController, queues already chosen) from consuming warm-ups."""
+    from celeryconfig import WARMUP_QUEUE  # loaded already: the worker has its configuration
+
+    queues = worker.app.amqp.queues
+    if WARMUP_QUEUE not in queues.consume_from:
+        return
+    queues.deselect(WARMUP_QUEUE)
+    if not queues.consume_from:
+        raise ConfigurationError(
+            f"CTXCACHE_LOADER is not set, and this worker consumes only {WARMUP_QUEUE}, "
+            "whose warm-ups need it: set CTXCACHE_LOADER=package.module:function",
+            variable="CTXCACHE_LOADER",
+        )
+    logger.warning(
+        "CTXCACHE_LOADER is not set: warm-up is disabled on this worker, which consumes %s "
+        "only; set CTXCACHE_LOADER=package.module:function to warm the VIP contexts",
+        ", ".join(sorted(queues.consume_from)),
+    )
 
 
 @worker_init.connect

@@ -17,8 +17,6 @@ from urllib.parse import urlsplit
 
 from celery.signals import celeryd_init
 
-from celeryconfig import INVALIDATE_QUEUE, INVALIDATE_TRANSPORT_OPTIONS
-
 __all__ = ["consumed_queues", "is_redis_url", "transport_options_for"]
 
 logger = logging.getLogger("ctxcache.tasks")
@@ -42,6 +40,10 @@ def consumed_queues(
 def transport_options_for(queues: frozenset[str], default: dict[str, Any]) -> dict[str, Any]:
     """``default`` with the invalidation options laid over it for a worker of
     ``ctxcache.invalidate`` alone; ``default`` itself for any other worker."""
+    # Imported here: celeryconfig reads the settings, and a bad one must reach
+    # tasks.app's one-line refusal, not fail this module's import.
+    from celeryconfig import INVALIDATE_QUEUE, INVALIDATE_TRANSPORT_OPTIONS
+
     if queues == {INVALIDATE_QUEUE}:
         return {**default, **INVALIDATE_TRANSPORT_OPTIONS}
     return default
@@ -58,6 +60,8 @@ def _names(value: Any) -> list[str] | None:
 @celeryd_init.connect
 def _choose_transport_options(conf: Any = None, options: Any = None, **_: Any) -> None:
     """Before the worker connects: pick the transport options for the queues it consumes."""
+    from celeryconfig import INVALIDATE_QUEUE
+
     if conf is None or not is_redis_url(str(conf.broker_url or "")):
         return
     options = options or {}

@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -238,46 +239,58 @@ def free_port() -> int:
 
 
 class SpareRedis:
-    """A private redis-server on a free loopback port that a test can stop and start.
+    """A private redis-server that a test can stop and start.
 
-    Without persistence by default; with ``appendfsync`` ("always", "everysec")
-    it keeps an append-only file in ``directory``, so data survives a restart.
+    On a free loopback port, or with ``unix_socket=True`` on a unix socket only
+    (in a short temporary directory: socket paths are limited to ~100 bytes);
+    ``password`` makes it require one (``--requirepass``). Without persistence,
+    unless ``appendfsync`` ("always", "everysec") keeps an append-only file in
+    ``directory``, so that data survives a restart.
     """
 
-    def __init__(self, directory: str, *, appendfsync: str | None = None) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+    def __init__(
+        self,
+        directory: str,
+        *,
+        password: str | None = None,
+        unix_socket: bool = False,
+        appendfsync: str | None = None,
+    ) -> None:
         self.directory = directory
+        self.password = password
         self.appendfsync = appendfsync
+        self.socket_dir = tempfile.mkdtemp(prefix="ctxr") if unix_socket else None
+        self.socket_path = os.path.join(self.socket_dir, "redis.sock") if self.socket_dir else None
+        self.port = 0 if unix_socket else free_port()
+        self.url = (
+            f"unix://{self.socket_path}" if self.socket_path else f"redis://127.0.0.1:{self.port}/0"
+        )
         self.process: subprocess.Popen[bytes] | None = None
+
+    def client(self, **options: Any) -> redis.Redis:
+        """An admin client (with the password, if any)."""
+        where: dict[str, Any] = (
+            {"unix_socket_path": self.socket_path} if self.socket_path else {"port": self.port}
+        )
+        return redis.Redis(password=self.password, **where, **options)
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (.ci/run installs it)")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.appendfsync else "no",
-                "--appendfsync",
-                self.appendfsync or "everysec",
-                "--dir",
-                self.directory,
-                "--logfile",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        if self.socket_path:
+            args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        args += ["--save", "", "--dir", self.directory, "--logfile", ""]
+        if self.appendfsync:
+            args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
+        else:
+            args += ["--appendonly", "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = self.client(socket_connect_timeout=0.2)
         while True:
             try:
                 client.ping()
@@ -285,7 +298,7 @@ class SpareRedis:
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    pytest.fail(f"redis-server on port {self.port} did not start")
+                    pytest.fail(f"redis-server at {self.url} did not start")
                 time.sleep(0.02)
         client.close()
 
@@ -295,19 +308,37 @@ class SpareRedis:
             self.process.wait(timeout=10)
             self.process = None
 
+    def remove(self) -> None:
+        self.stop()
+        if self.socket_dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+
 
 @pytest.fixture
 def spare_redis(tmp_path: Any) -> Iterator[SpareRedis]:
     server = SpareRedis(str(tmp_path))
     server.start()
     yield server
-    server.stop()
+    server.remove()
 
 
 @pytest.fixture
-def persistent_redis(tmp_path: Any) -> Iterator[SpareRedis]:
+def spare_redis_factory(tmp_path: Any) -> Iterator[Callable[..., SpareRedis]]:
+    """Starts SpareRedis servers with options (``password=``, ``unix_socket=``); removes them."""
+    made: list[SpareRedis] = []
+
+    def start(**options: Any) -> SpareRedis:
+        server = SpareRedis(str(tmp_path), **options)
+        made.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in made:
+        server.remove()
+
+
+@pytest.fixture
+def persistent_redis(spare_redis_factory: Callable[..., SpareRedis]) -> SpareRedis:
     """A private redis-server whose data survives a restart (appendfsync always)."""
-    server = SpareRedis(str(tmp_path), appendfsync="always")
-    server.start()
-    yield server
-    server.stop()
+    return spare_redis_factory(appendfsync="always")

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis
+from cli_support import BROKER, checks_by_name, cli_env, run
 from conftest import COMPANY, PHONE, TEST_REDIS_URL, SpareRedis, free_port, make_settings
 from typer.testing import CliRunner
 from worker_support import LOADS_KEY, REPO, CeleryProcess, wait_until
@@ -31,7 +32,6 @@ from ctxcache.core.layout import DEFAULT_COMPANY_SECTIONS
 from ctxcache.ops import cli
 from ctxcache.ops.doctor import Check, run_checks
 
-BROKER = TEST_REDIS_URL  # the one test database; no test here consumes from it
 KEY = f"full_context:{COMPANY}:{PHONE}"
 OTHER = "+79007654321"
 SECRET = "s3cret-Pa55"
@@ -48,35 +48,6 @@ def failing_loader(phone: str, company_id: int) -> dict[str, Any]:
     if phone == OTHER:
         raise LookupError("client not in the database")
     return {"phone": phone, "companyId": company_id}
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """The environment minus any ctxcache settings, plus the test Redis and broker."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTXCACHE_")}
-    env.pop("REDIS_PASSWORD", None)
-    env.update(
-        CTXCACHE_REDIS_URL=TEST_REDIS_URL,
-        CTXCACHE_BROKER_URL=BROKER,
-        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]),
-    )
-    env.update(extra)
-    return env
-
-
-def run(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ctxcache.ops.cli", *args],
-        capture_output=True,
-        text=True,
-        env=cli_env(**env),
-        cwd=REPO,
-        timeout=timeout,
-    )
-
-
-def checks_by_name(output: str) -> dict[str, dict[str, Any]]:
-    report = json.loads(output)
-    return {check["name"]: check for check in report["checks"]}
 
 
 @pytest.fixture
@@ -171,7 +142,7 @@ def test_get_of_a_corrupt_value_exits_1_and_leaves_it(real_client: redis.Redis) 
         (["get", PHONE, "0"], "company_id must be a positive integer"),
         (["get", PHONE, "12abc"], "company_id must be a positive integer"),
         (["invalidate", "12", str(COMPANY)], "not a phone number"),
-        (["vip", "add", PHONE, "-5"], "company_id"),
+        (["vip", "add", PHONE, "5x"], "company_id"),
         (["vip", "list", "--company", "x"], "company_id"),
         (["--url", "localhost:6379", "get", PHONE, "1"], "must be a URL"),
         (["get", PHONE, "1", "--raw", "--json"], "either --raw or --json"),
@@ -183,7 +154,10 @@ def test_bad_input_exits_2_with_a_message(
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr
-    assert result.stdout == ""
+    if "--json" in args:  # the error as JSON, and nothing else
+        assert json.loads(result.stdout) == {"error": "use either --raw or --json", "exit_code": 2}
+    else:
+        assert result.stdout == ""
 
 
 def test_bad_input_is_reported_before_connecting(runner: CliRunner) -> None:
@@ -477,7 +451,7 @@ def test_doctor_points_at_the_tunnel_in_development(runner: CliRunner) -> None:
     checks = checks_by_name(result.stdout)
     assert "6380" in checks["redis url"]["detail"]
     if not checks["redis reachable"]["ok"]:  # unless a tunnel really runs here
-        assert "maintain-redis-tunnel.sh start" in checks["redis reachable"]["fix"]
+        assert "ctxcache tunnel start" in checks["redis reachable"]["fix"]
 
 
 def doctor_checks(url: str, **settings: Any) -> dict[str, Check]:
@@ -499,10 +473,12 @@ def test_doctor_tells_auth_problems_apart(
     admin.close()
     check = doctor_checks(spare_redis.url)["redis auth"]
     assert not check.ok
-    assert (check.fix or "").startswith("the server requires a password")
+    assert check.fix == "authentication required: set REDIS_PASSWORD or put it in the URL"
+    assert "sent: no password" in check.detail
     wrong = doctor_checks(f"redis://:wrong@127.0.0.1:{spare_redis.port}/0")["redis auth"]
     assert not wrong.ok
-    assert "password is wrong" in (wrong.fix or "")
+    assert (wrong.fix or "").startswith("the password in the URL was refused")
+    assert "sent: password from the URL" in wrong.detail
     monkeypatch.setenv("REDIS_PASSWORD", SECRET)
     checks = doctor_checks(spare_redis.url)
     assert checks["redis auth"].status == "PASS"
@@ -542,7 +518,8 @@ def test_doctor_counts_cached_contexts(cache: ContextCache) -> None:
         assert cache.set_cached_full_context(phone, COMPANY, CONTEXT)
     check = doctor_checks(TEST_REDIS_URL)["cached contexts"]
     assert check.ok
-    assert check.detail.startswith("2 keys full_context:*")
+    assert check.detail.startswith("clients' parts: 2 keys, values ")
+    assert "; company sections: 2 keys" in check.detail  # company and services, once
 
 
 # -- help, demo, bench --------------------------------------------------------------------
@@ -577,7 +554,7 @@ def test_bench_runs_the_benchmarks_module_from_the_checkout() -> None:
 def test_bench_without_a_checkout_exits_2(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(cli, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(cli.tools, "REPO_ROOT", tmp_path)
     result = runner.invoke(cli.app, ["bench"])
     assert result.exit_code == 2
     assert "no benchmarks/" in result.stderr
@@ -591,3 +568,26 @@ def test_entry_point_is_installed() -> None:
     assert result.returncode == 0
     for command in ("get", "invalidate", "stats", "metrics", "vip", "warm", "doctor", "demo"):
         assert command in result.stdout
+
+
+def test_invalidate_company_sections(cache: ContextCache, real_client: redis.Redis) -> None:
+    assert cache.set_cached_full_context(PHONE, COMPANY, CONTEXT)
+    sections = f"{{company_context:{COMPANY}}}:section:"
+    result = run("invalidate", "--company", str(COMPANY), "--section", "services", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "company": f"company_context:{COMPANY}",
+        "invalidated": ["services"],
+    }
+    assert not real_client.exists(sections + "services")
+    assert real_client.exists(sections + "company")
+    assert real_client.exists(KEY)  # the client's part is left alone
+    everything = run("invalidate", "--company", str(COMPANY))
+    assert everything.returncode == 0, everything.stderr
+    assert "businessStats" in everything.stdout
+    assert not real_client.exists(sections + "company")
+    bad = run("invalidate", "--company", str(COMPANY), "--section", "client")
+    assert bad.returncode == 2
+    assert "not company sections" in bad.stderr
+    both = run("invalidate", PHONE, str(COMPANY), "--company", str(COMPANY))
+    assert both.returncode == 2

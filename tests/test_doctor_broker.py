@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import redis
 from conftest import TEST_REDIS_URL, SpareRedis, free_port, make_settings
 
 from ctxcache.ops.doctor import run_checks
-from ctxcache.ops.doctor_broker import (
+from ctxcache.ops.doctor.persistence import (
     BROKER_CHECK_NAMES,
     broker_checks,
     persistence_check,
@@ -45,13 +43,8 @@ def test_a_broker_without_persistence_on_its_own_server(spare_redis: SpareRedis)
     assert "~33 s" in checks["invalidation recovery"][1]  # 30 s timeout + a 3 s sweep
 
 
-def test_a_persistent_broker_passes(tmp_path: Path) -> None:
-    server = SpareRedis(str(tmp_path), appendfsync="always")
-    server.start()
-    try:
-        checks = by_name(server.url, cache_run_id=None)
-    finally:
-        server.stop()
+def test_a_persistent_broker_passes(persistent_redis: SpareRedis) -> None:
+    checks = by_name(persistent_redis.url, cache_run_id=None)
     assert checks["broker persistence"][0] == "PASS"
     assert checks["broker server"][0] == "PASS"  # another port than the cache's
 

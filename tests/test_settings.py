@@ -113,7 +113,9 @@ def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/1"),
         ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/1"),
-        ("rediss://:pw@cache:6390/15", "rediss://:pw@cache:6390/14"),  # no wrap to db 0
+        # No wrap to db 0; the certificate is verified, as redis-py does for the cache.
+        ("rediss://:pw@cache:6390/15", "rediss://:pw@cache:6390/14?ssl_cert_reqs=required"),
+        ("unix:///run/redis/redis.sock", "redis+socket:///run/redis/redis.sock?virtual_host=1"),
     ],
 )
 def test_default_broker_is_a_neighbouring_database(
@@ -143,3 +145,46 @@ def test_redact_url_hides_a_password_in_the_query() -> None:
     redacted = redact_url("redis://127.0.0.1:6379/0?password=s3cret&db=2")
     assert "s3cret" not in redacted
     assert "db=2" in redacted
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CTXCACHE_REDIS_URL", "redis://127.0.0.1:6379/abc", "database must be a number"),
+        ("CTXCACHE_REDIS_URL", "http://127.0.0.1:6379/0", "scheme 'http'"),
+        ("CTXCACHE_REDIS_URL", "redis://127.0.0.1:99999/0", "port '99999'"),
+        ("CTXCACHE_REDIS_URL", "redis://127.0.0.1:6379/0?socket_timeout=abc", "socket_timeout"),
+        ("CTXCACHE_REDIS_URL", "redis://[::1:6379/4", "malformed IPv6 address"),
+        ("CTXCACHE_REDIS_URL", "mongodb://127.0.0.1/0", "scheme 'mongodb'"),
+        ("CTXCACHE_BROKER_URL", "redis://127.0.0.1:6379/abc", "database must be a number"),
+        ("CTXCACHE_BROKER_URL", "amqp://guest@127.0.0.1:70000//", "port '70000'"),
+        ("CTXCACHE_BROKER_URL", "kafka://127.0.0.1:9092", "scheme 'kafka'"),
+    ],
+)
+def test_every_url_setting_is_checked_when_settings_load(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as info:
+        CacheSettings.load()
+    assert info.value.variable == variable
+    assert str(info.value).startswith(f"invalid ctxcache setting: {variable}: ")
+    assert message in str(info.value)
+    assert "Value error" not in str(info.value)
+
+
+def test_a_unix_socket_cache_gets_a_broker_on_the_same_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clear_env(monkeypatch)
+    monkeypatch.delenv("CTXCACHE_BROKER_URL", raising=False)
+    monkeypatch.setenv("CTXCACHE_REDIS_URL", "unix:///run/redis/redis.sock?db=2")
+    monkeypatch.setenv("REDIS_PASSWORD", "s3cret")
+    settings = CacheSettings.load()
+    assert settings.effective_broker_url == (
+        "redis+socket://:s3cret@/run/redis/redis.sock?virtual_host=3"
+    )
+    cache = ContextCache.from_settings(settings)  # builds, connects lazily
+    kwargs = cache.client.connection_pool.connection_kwargs
+    assert (kwargs["path"], kwargs["db"]) == ("/run/redis/redis.sock", 2)

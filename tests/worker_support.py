@@ -28,7 +28,10 @@ DELAY_KEY = "test:load_delay"  # seconds each load takes, set by a test
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["CTXCACHE_REDIS_URL"])
+    # A password in the URL wins over REDIS_PASSWORD, as in ctxcache's own client.
+    return redis.Redis.from_url(
+        os.environ["CTXCACHE_REDIS_URL"], password=os.environ.get("REDIS_PASSWORD") or None
+    )
 
 
 def load_context(phone: str, company_id: int) -> dict[str, Any]:

@@ -41,12 +41,21 @@ def validate_company_id(company_id: object) -> int:
     if isinstance(company_id, int) and not isinstance(company_id, bool):
         value = company_id
     elif isinstance(company_id, str) and company_id.isascii() and company_id.isdigit():
-        value = int(company_id)
+        value = int(company_id) if len(company_id) <= 20 else None  # int() refuses 4,300+ digits
     if value is None or not 0 < value <= _MAX_COMPANY_ID:
         raise InvalidCompanyIdError(
-            f"company_id must be a positive integer, got {company_id!r}", company_id=company_id
+            f"company_id must be a positive integer, got {_shown(company_id)}",
+            company_id=company_id,
         )
     return value
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` for a message, cut: a 5,000-digit input must not fill the terminal."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text):,} characters)"
 
 
 def prefix_problem(prefix: str) -> str | None:

@@ -33,8 +33,14 @@ def normalize_phone(phone: str, region: str = DEFAULT_REGION) -> str:
     is_chat_id = _CHAT_ID_SEPARATOR in text
     if is_chat_id:
         text = text.split(_CHAT_ID_SEPARATOR, 1)[0]
+    if len(text) > _MAX_INPUT_LENGTH:
+        # Masked and cut: a 5,000-digit input must not fill the log line or the terminal.
+        masked = mask_phone(text[:_MAX_INPUT_LENGTH]) + "..."
+        raise InvalidPhoneError(
+            f"not a phone number: {masked!r} ({len(text):,} characters)", masked=masked
+        )
     masked = mask_phone(text)
-    if not text or len(text) > _MAX_INPUT_LENGTH:
+    if not text:
         raise InvalidPhoneError(f"not a phone number: {masked!r}", masked=masked)
     # Chat ids are international numbers without the "+". Bare digits are read
     # in the default region first, then as international ("4915112345678").

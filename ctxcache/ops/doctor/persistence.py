@@ -1,6 +1,6 @@
 """``ctxcache doctor``'s broker checks: is a queued invalidation safe, and how soon is it back.
 
-:func:`broker_checks` returns three :class:`~ctxcache.ops.doctor.Check` lines:
+:func:`broker_checks` returns three :class:`~ctxcache.ops.doctor.report.Check` lines:
 whether the broker keeps messages across a restart, whether it shares the
 cache's server (one outage then takes out an invalidation and its fallback),
 and how long a killed worker's invalidations take to come back. Every Redis
@@ -16,8 +16,10 @@ from urllib.parse import urlsplit
 import redis
 from redis import exceptions as redis_errors
 
-from ctxcache.ops.doctor import Check
 from ctxcache.settings import CacheSettings
+from ctxcache.urls import redis_url_of_broker
+
+from .report import Check
 
 __all__ = [
     "BROKER_CHECK_NAMES",
@@ -31,7 +33,6 @@ __all__ = [
 BROKER_CHECK_NAMES: Final = ("broker persistence", "broker server", "invalidation recovery")
 # A killed worker's invalidations coming back later than this is "slow".
 SLOW_RECOVERY_SECONDS: Final = 60.0
-_REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "redis+socket", "sentinel"})
 _OWN_SERVER_FIX: Final = (
     "give the broker a Redis server of its own (appendonly yes, appendfsync always, "
     "maxmemory-policy noeviction) or use RabbitMQ: set CTXCACHE_BROKER_URL"
@@ -42,7 +43,8 @@ def broker_checks(
     settings: CacheSettings, url: str, cache_run_id: str | None, timeout: float
 ) -> list[Check]:
     """The three broker checks for the broker at ``url`` (reachable: checked before)."""
-    if urlsplit(url).scheme not in _REDIS_SCHEMES:
+    server = redis_url_of_broker(url)
+    if server is None:
         return [
             Check(
                 BROKER_CHECK_NAMES[0],
@@ -53,7 +55,7 @@ def broker_checks(
             Check(BROKER_CHECK_NAMES[1], True, "RabbitMQ: not the cache's server"),
             recovery_check(settings, redis_broker=False),
         ]
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = redis.Redis.from_url(server, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         info: dict[str, Any] = {**client.info("server"), **client.info("persistence")}
         info.update(_config(client, "appendfsync", "save"))
