@@ -6,9 +6,10 @@ from ctxcache.client.sync import ContextCache
 from ctxcache.client.vip import VipRegistry
 from ctxcache.core.invalidation import EnsureOutcome, Invalidation
 from ctxcache.core.keys import KeyLayout, validate_company_id
+from ctxcache.core.l1 import ReadOnlySectionError, thaw
 from ctxcache.core.layout import SectionLayout
-from ctxcache.core.loads import WarmOutcome
 from ctxcache.core.phone import mask_phone, normalize_phone
+from ctxcache.core.refresh import WarmOutcome
 from ctxcache.core.stats import CacheStats
 from ctxcache.core.writes import GENERATION_UNKNOWN
 from ctxcache.errors import (
@@ -53,6 +54,7 @@ __all__ = [
     "Invalidation",
     "InvalidationFailedError",
     "KeyLayout",
+    "ReadOnlySectionError",
     "SectionLayout",
     "SectionScopeError",
     "SectionedLoader",
@@ -62,6 +64,7 @@ __all__ = [
     "WarmOutcome",
     "mask_phone",
     "normalize_phone",
+    "thaw",
     "validate_company_id",
 ]
 

@@ -98,6 +98,14 @@ class CacheSettings(BaseSettings):
     # package.module:function turning values orjson cannot encode (Decimal...) into JSON.
     json_default: str | None = None
 
+    # The in-process cache: bytes of JSON it may hold (0 turns it off), and
+    # whether callers get private copies or shared read-only sections.
+    l1_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    l1_mode: Literal["copy", "shared-company", "shared"] = "copy"
+    # Early refresh (XFetch): a part is reloaded in the background when
+    # now - load_time * beta * ln(rand) passes its expiry; 0 turns it off.
+    early_refresh_beta: float = Field(default=1.0, ge=0, le=100)
+
     # Metrics: counters are pushed to Redis at most this often per process.
     stats_flush_interval: float = Field(default=10.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

@@ -518,7 +518,8 @@ def test_doctor_counts_cached_contexts(cache: ContextCache) -> None:
         assert cache.set_cached_full_context(phone, COMPANY, CONTEXT)
     check = doctor_checks(TEST_REDIS_URL)["cached contexts"]
     assert check.ok
-    assert check.detail.startswith("2 keys full_context:*")
+    assert check.detail.startswith("clients' parts: 2 keys, values ")
+    assert "; company sections: 2 keys" in check.detail  # company and services, once
 
 
 # -- help, demo, bench --------------------------------------------------------------------
@@ -567,3 +568,26 @@ def test_entry_point_is_installed() -> None:
     assert result.returncode == 0
     for command in ("get", "invalidate", "stats", "metrics", "vip", "warm", "doctor", "demo"):
         assert command in result.stdout
+
+
+def test_invalidate_company_sections(cache: ContextCache, real_client: redis.Redis) -> None:
+    assert cache.set_cached_full_context(PHONE, COMPANY, CONTEXT)
+    sections = f"{{company_context:{COMPANY}}}:section:"
+    result = run("invalidate", "--company", str(COMPANY), "--section", "services", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "company": f"company_context:{COMPANY}",
+        "invalidated": ["services"],
+    }
+    assert not real_client.exists(sections + "services")
+    assert real_client.exists(sections + "company")
+    assert real_client.exists(KEY)  # the client's part is left alone
+    everything = run("invalidate", "--company", str(COMPANY))
+    assert everything.returncode == 0, everything.stderr
+    assert "businessStats" in everything.stdout
+    assert not real_client.exists(sections + "company")
+    bad = run("invalidate", "--company", str(COMPANY), "--section", "client")
+    assert bad.returncode == 2
+    assert "not company sections" in bad.stderr
+    both = run("invalidate", PHONE, str(COMPANY), "--company", str(COMPANY))
+    assert both.returncode == 2

@@ -180,7 +180,7 @@ def test_stats_and_doctor_name_their_size_figures_apart(real_client: redis.Redis
     cache.close()
     assert "cache size (Redis memory)" in run("stats").stdout
     doctor = checks_by_name(run("doctor", "--json").stdout)["cached contexts"]["detail"]
-    assert re.match(r"1 keys full_context:\*, values \d+ B", doctor), doctor
+    assert re.match(r"clients' parts: 1 keys, values \d+ B", doctor), doctor
 
 
 # -- doctor's verdict --------------------------------------------------------------------

@@ -374,7 +374,7 @@ def test_endpoint_shows_the_whole_fleet(cache_factory: Factory) -> None:
         assert value(samples, "ctxcache_warmups_total", outcome=outcome.value) == expected_warmups
     assert value(samples, "ctxcache_hit_ratio") == pytest.approx(0.25)
     assert value(samples, "ctxcache_cached_contexts") == expected.cached_contexts == 1  # OTHER
-    assert value(samples, "ctxcache_cached_bytes") == expected.cached_bytes > 0
+    assert value(samples, "ctxcache_cached_bytes", scope="client") == expected.cached_bytes > 0
 
     buckets = {
         float(dict(labels)["le"]): count
@@ -480,3 +480,29 @@ def test_dashboard_is_valid_and_uses_only_exported_metrics(fake_cache: ContextCa
         "ctxcache_errors_total",
         "ctxcache_corrupt_values_total",
     } <= used
+
+
+def test_stats_and_the_endpoint_count_by_scope(cache_factory: Factory) -> None:
+    cache = cache_factory()
+    context = {"client": {"name": "Anna"}, "services": list(range(300)), "staff": [1, 2]}
+    cache.set_cached_full_context(PHONE, COMPANY, context)
+    cache.set_cached_full_context(OTHER, COMPANY, context)
+    cache.get_cached_full_context(PHONE, COMPANY)
+    cache.invalidate_company(COMPANY, ["staff"])
+    cache.get_cached_full_context(OTHER, COMPANY)  # its client part, one section found
+    result = cluster_stats(cache)
+    assert (result.cached_contexts, result.cached_sections) == (2, 1)
+    assert result.section_bytes > result.cached_bytes / 2 > 0  # services is the bulk
+    assert result.total_bytes == result.cached_bytes + result.section_bytes
+    totals = result.totals
+    assert (totals.client_hits, totals.client_misses) == (2, 0)
+    assert (totals.company_hits, totals.company_misses) == (3, 1)
+    server = serve_metrics(cache, 0)
+    try:
+        _, samples = scrape(server.server_port)
+    finally:
+        server.shutdown()
+    assert value(samples, "ctxcache_part_hits_total", scope="company") == 3
+    assert value(samples, "ctxcache_part_misses_total", scope="company") == 1
+    assert value(samples, "ctxcache_cached_sections") == 1
+    assert value(samples, "ctxcache_cached_bytes", scope="company") == result.section_bytes

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from redis import exceptions as redis_errors
 
-from ctxcache.core import invalidation, loads, reads, records, writes
+from ctxcache.core import invalidation, loads, reads, records, refresh, writes
 from ctxcache.core.engine import CacheCore, Identity, Unavailable
 from ctxcache.core.invalidation import EnsureOutcome, Invalidation
 from ctxcache.core.keys import ClientKeys
-from ctxcache.core.loads import Loader, WarmOutcome
+from ctxcache.core.loads import Loader
+from ctxcache.core.refresh import WarmOutcome
 from ctxcache.core.stats import CacheStats
 from ctxcache.core.steps import Command, Flow, RoundTrip
 from ctxcache.protocols import SectionedLoader
@@ -132,7 +133,7 @@ class CacheMethods:
         that returns ``None`` (unknown client) gives ``None``, caching
         nothing. Loader errors propagate.
         """
-        return loads.load_context(self.core, phone, company_id, loader)
+        return loads.load_context(self.core, phone, company_id, loader, refresh.early_refresh)
 
     # -- company sections and partial updates -----------------------------------------
 
@@ -263,7 +264,7 @@ class CacheMethods:
         so an invalidation during the warm-up wins.
         """
         who = self.core.identify(phone, company_id)
-        return loads.warm_context(self.core, who, loader, refresh_threshold, client=True)
+        return refresh.warm_context(self.core, who, loader, refresh_threshold, client=True)
 
     @api
     def warm_company(
@@ -273,7 +274,7 @@ class CacheMethods:
         if not isinstance(loader, SectionedLoader):
             raise TypeError("warm_company needs a SectionedLoader (load_company_sections)")
         who = self.core.identify_company(company_id)
-        return loads.warm_context(self.core, who, loader, refresh_threshold, client=False)
+        return refresh.warm_context(self.core, who, loader, refresh_threshold, client=False)
 
     # -- the neighbouring records -------------------------------------------------------
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import random as _random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -20,6 +22,7 @@ from redis import exceptions as redis_errors
 
 from ctxcache.core.breaker import CircuitBreaker
 from ctxcache.core.keys import ClientKeys, CompanyKeys, KeyLayout, validate_company_id
+from ctxcache.core.l1 import L1Cache
 from ctxcache.core.layout import SectionLayout
 from ctxcache.core.phone import normalize_phone
 from ctxcache.core.scripts import PUSH_STATS
@@ -96,6 +99,7 @@ class CacheCore:
         clock: Callable[[], float] = time.monotonic,
         layout: SectionLayout | None = None,
         json_default: JsonDefault | None = None,
+        random: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -111,7 +115,12 @@ class CacheCore:
             settings.breaker_threshold, settings.breaker_cooldown, clock=clock
         )
         self.stats = StatsRecorder(clock=clock, interval=settings.stats_flush_interval)
+        self.l1 = L1Cache(settings.l1_max_bytes, settings.l1_mode, count=self.stats.add)
         self.lock_ms = int(settings.lock_ttl * 1000)
+        # Uniform in (0, 1], for the early-refresh draw; tests inject their own.
+        self.random = random if random is not None else lambda: 1.0 - _random.random()  # noqa: S311 - not a secret
+        self.refreshing: set[str] = set()  # parts this process is refreshing now
+        self.refreshing_lock = threading.Lock()
 
     # -- input ----------------------------------------------------------------------
 

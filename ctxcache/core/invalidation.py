@@ -103,6 +103,7 @@ def apply_invalidation(
         return None
     client_generation = int(replies.pop(0)[1]) if client else None
     generations = dict(zip(sections, map(int, replies[0]), strict=True)) if sections else {}
+    _forget(core, who, client, sections)
     core.stats.add("invalidations", int(client) + len(sections))
     logger.info("invalidated %s%s", target, f" sections {', '.join(sections)}" if sections else "")
     return Invalidation(client_generation, generations)
@@ -138,6 +139,15 @@ def ensure_invalidated(
     if not reapplied:
         logger.debug("invalidation of %s still in effect", target)
         return EnsureOutcome.IN_EFFECT
+    _forget(core, who, client is not False, tuple(sections))
     core.stats.add("invalidations", reapplied)
     logger.warning("invalidation of %s had been undone (or was never applied): applied", target)
     return EnsureOutcome.REAPPLIED
+
+
+def _forget(core: CacheCore, who: Identity, client: bool, sections: tuple[str, ...]) -> None:
+    """Drop invalidated parts from this process's in-process cache (memory, not correctness)."""
+    keys = who.company.sections(sections)
+    if client:
+        keys.append(who.client.full_context)
+    core.l1.discard(*keys)

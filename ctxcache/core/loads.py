@@ -10,25 +10,16 @@ that an invalidation overtook is returned to its caller but never cached.
 
 from __future__ import annotations
 
-import enum
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ctxcache.core.engine import CacheCore, Identity, Unavailable
 from ctxcache.core.layout import ClientPart
-from ctxcache.core.reads import count_lookup, decode_part, drop_corrupt, read_parts
-from ctxcache.core.scripts import (
-    COMPANY_LEASE,
-    LEASE,
-    LEASE_HIT,
-    LEASE_LOCKED,
-    LEASE_WON,
-    RELEASE_LOCK,
-    WARM_LEASE,
-)
+from ctxcache.core.reads import Parts, count_lookup, decode_part, drop_corrupt, read_parts
+from ctxcache.core.scripts import COMPANY_LEASE, LEASE, LEASE_HIT, LEASE_WON, RELEASE_LOCK
 from ctxcache.core.steps import CallLoader, Command, Flow, Pause
 from ctxcache.core.wire import KIND_CLIENT, KIND_SECTION
 from ctxcache.core.writes import NOTHING, encode_parts, store_commands
@@ -38,13 +29,12 @@ from ctxcache.protocols import ContextLoader, SectionedLoader
 __all__ = [
     "Leases",
     "Loaded",
-    "WarmOutcome",
     "call_loader",
     "company_lease_command",
+    "let_go",
     "load_context",
     "load_missing",
     "store_loaded",
-    "warm_context",
 ]
 
 logger = logging.getLogger("ctxcache")
@@ -225,10 +215,20 @@ def store_loaded(
     return written, wanted - written, True
 
 
+OnHit = Callable[[CacheCore, Identity, Loader, Parts], Flow[None]]
+
+
 def load_context(
-    core: CacheCore, phone: str, company_id: int | str, loader: Loader
+    core: CacheCore,
+    phone: str,
+    company_id: int | str,
+    loader: Loader,
+    on_hit: OnHit | None = None,
 ) -> Flow[dict[str, Any] | None]:
-    """The cache, else the loader once across all callers, part by part."""
+    """The cache, else the loader once across all callers, part by part.
+
+    ``on_hit`` runs after a hit (the early refresh of :mod:`ctxcache.core.refresh`).
+    """
     who = core.identify(phone, company_id)
     parts = yield from read_parts(core, who, core.layout.company_sections)
     if isinstance(parts, Unavailable):
@@ -242,6 +242,8 @@ def load_context(
     context = parts.merged()
     count_lookup(core, who, parts, context)
     if context is not None:
+        if on_hit is not None:
+            yield from on_hit(core, who, loader, parts)
         return context
     return (yield from _fill(core, who, loader, parts.client, parts.sections))
 
@@ -298,12 +300,12 @@ def _fill(
                 loaded = yield from load_missing(
                     core, who, loader, client=client is None, sections=missing
                 )
-                yield from _let_go(core, who, leases)
+                yield from let_go(core, who, leases)
                 return _result(loaded, client, have)
             if client is None and not leases.client_locked:
                 found = yield from _client_lease(core, who, leases, replies.pop(0))
                 if isinstance(found, dict):  # an older writer's whole context
-                    yield from _let_go(core, who, leases)
+                    yield from let_go(core, who, leases)
                     core.stats.add("coalesced")
                     return found
                 client = found
@@ -311,7 +313,7 @@ def _fill(
                 yield from _company_lease(core, who, leases, replies.pop(0), missing, have)
             missing = _missing(core, client, have)
         if client is not None and not missing:
-            yield from _let_go(core, who, leases)
+            yield from let_go(core, who, leases)
             core.stats.add("coalesced")
             return client.merge(have)
         past = core.clock() >= deadline
@@ -330,10 +332,10 @@ def _fill(
                 core, who, loader, client=load_client, sections=missing if load_sections else ()
             )
         except BaseException:
-            yield from _let_go(core, who, leases)
+            yield from let_go(core, who, leases)
             raise
         if loaded.unknown:
-            yield from _let_go(core, who, leases)
+            yield from let_go(core, who, leases)
             return None
         yield from store_loaded(
             core,
@@ -353,7 +355,7 @@ def _fill(
         # Sections another caller is still loading: wait for them with what we have.
 
 
-def _let_go(core: CacheCore, who: Identity, leases: Leases) -> Flow[None]:
+def let_go(core: CacheCore, who: Identity, leases: Leases) -> Flow[None]:
     commands = leases.release(who)
     if commands:
         yield from core.redis("RELEASE", who.target, commands)
@@ -370,7 +372,7 @@ def _client_lease(
     if status != LEASE_HIT:
         return None
     try:
-        content, _, _ = decode_part(core, reply[2], KIND_CLIENT)
+        content, _, _ = decode_part(core, reply[2], KIND_CLIENT, who.client.full_context)
     except UndecodableValueError as exc:
         core.stats.add("corrupt")
         logger.error("removing undecodable value at %s: %s", who.target, exc)
@@ -397,7 +399,7 @@ def _company_lease(
         if not raw:
             continue
         try:
-            have[name] = decode_part(core, raw, KIND_SECTION)[0]
+            have[name] = decode_part(core, raw, KIND_SECTION, who.company.section(name))[0]
         except UndecodableValueError as exc:
             core.stats.add("corrupt")
             logger.error("removing undecodable value at %s:%s: %s", who.company.label, name, exc)
@@ -407,98 +409,3 @@ def _company_lease(
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-class WarmOutcome(enum.Enum):
-    """What a warm-up of a context (or of a company's sections) did."""
-
-    WRITTEN = "written"
-    FRESH = "fresh"  # remaining TTL above the threshold: skipped
-    BUSY = "busy"  # another worker holds the load lock: skipped
-    SUPERSEDED = "superseded"  # invalidated while loading: not (all) written
-    UNAVAILABLE = "unavailable"  # Redis could not be used
-    UNKNOWN = "unknown"  # the loader does not know this client: nothing cached
-
-
-def warm_context(
-    core: CacheCore,
-    who: Identity,
-    loader: Loader,
-    refresh_threshold: float | None,
-    *,
-    client: bool,
-) -> Flow[WarmOutcome]:
-    """Load and cache the parts with less than ``refresh_threshold`` s to live.
-
-    With ``client`` the client's part and the company sections; without,
-    the company sections alone (a sectioned loader is needed for that). Each
-    part is loaded by one caller at a time and written through its guard, so
-    an invalidation during the warm-up wins.
-    """
-    outcome = yield from _warm(core, who, loader, refresh_threshold, client=client)
-    core.stats.add(f"warm_{outcome.value}")
-    return outcome
-
-
-def _warm(
-    core: CacheCore,
-    who: Identity,
-    loader: Loader,
-    refresh_threshold: float | None,
-    *,
-    client: bool,
-) -> Flow[WarmOutcome]:
-    threshold = core.settings.warmup_refresh_threshold
-    threshold_ms = int((threshold if refresh_threshold is None else refresh_threshold) * 1000)
-    names = core.layout.company_sections
-    leases = Leases()
-    commands = [
-        company_lease_command(
-            core, who, names, leases.token, threshold_ms=threshold_ms, with_values=False
-        )
-    ]
-    if client:
-        lease_args = (leases.token, core.lock_ms, threshold_ms)
-        commands.insert(0, Command("WARM_LEASE", lease_args, WARM_LEASE, who.client.lease))
-    replies = yield from core.redis("WARM_LEASE", who.target, commands)
-    if isinstance(replies, Unavailable):
-        return WarmOutcome.UNAVAILABLE
-    client_status = LEASE_HIT
-    if client:
-        client_status, generation = int(replies[0][0]), replies.pop(0)[1]
-        leases.client_generation = _text(generation)
-        leases.client_locked = client_status == LEASE_WON
-    company_status, generations, stale = int(replies[0][0]), replies[0][1], replies[0][3]
-    leases.section_generations = {n: _text(g) for n, g in zip(names, generations, strict=True)}
-    leases.company_locked = company_status == LEASE_WON
-    if (
-        leases.company_locked
-        and not leases.client_locked
-        and not isinstance(loader, SectionedLoader)
-    ):
-        # A plain loader brings company sections only with a client's: the
-        # sections it would refresh are refreshed when a client's part is.
-        yield from _let_go(core, who, leases)
-    needed = tuple(name for name, flag in zip(names, stale, strict=True) if int(flag))
-    sections = needed if leases.company_locked else ()
-    if not (leases.client_locked or sections):
-        busy = client_status == LEASE_LOCKED or (not client and company_status == LEASE_LOCKED)
-        return WarmOutcome.BUSY if busy else WarmOutcome.FRESH
-    try:
-        loaded = yield from load_missing(
-            core, who, loader, client=leases.client_locked, sections=sections
-        )
-    except BaseException:
-        yield from _let_go(core, who, leases)
-        raise
-    if loaded.unknown:
-        yield from _let_go(core, who, leases)
-        return WarmOutcome.UNKNOWN
-    written, dropped, reached = yield from store_loaded(
-        core, who, loaded, leases, store_client=leases.client_locked, store_sections=sections
-    )
-    if not reached:
-        return WarmOutcome.UNAVAILABLE
-    if not (written or dropped):
-        return WarmOutcome.FRESH  # the loader had nothing the cache lacked
-    return WarmOutcome.SUPERSEDED if dropped else WarmOutcome.WRITTEN

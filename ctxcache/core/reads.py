@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctxcache.core.engine import UNAVAILABLE, CacheCore, Identity, Unavailable
+from ctxcache.core.l1 import L1Entry
 from ctxcache.core.layout import ClientPart
-from ctxcache.core.scripts import PART_VALUE, READ_PARTS
+from ctxcache.core.scripts import PART_UNCHANGED, PART_VALUE, READ_PARTS
 from ctxcache.core.steps import Command, Flow
 from ctxcache.core.wire import KIND_CLIENT, KIND_FULL, KIND_SECTION
 from ctxcache.errors import UndecodableValueError
@@ -44,6 +45,9 @@ class Parts:
     client_stamp: bytes | None = None
     sections: dict[str, Any] = field(default_factory=dict)
     corrupt: list[str] = field(default_factory=list)  # keys holding undecodable values
+    # Per part found ("client" or a section's name): seconds to live (None:
+    # no expiry) and how long its load took, for the early-refresh decision.
+    timing: dict[str, tuple[float | None, float]] = field(default_factory=dict)
 
     def merged(self) -> dict[str, Any] | None:
         """The whole context if every part it needs was found, else None."""
@@ -59,63 +63,113 @@ class Parts:
         return tuple(name for name in wanted if name not in self.sections)
 
 
-def decode_part(core: CacheCore, raw: bytes, kind: int) -> tuple[Any, bytes | None, int]:
+def decode_part(
+    core: CacheCore, raw: bytes, kind: int, key: str | None = None
+) -> tuple[Any, bytes | None, int]:
     """A stored value's content, stamp and kind; raises :class:`UndecodableValueError`.
 
     ``kind`` is what the key must hold: a client's part (which may also be a
-    whole context of an older writer) or a company section.
+    whole context of an older writer) or a company section. With ``key`` the
+    part is kept in the in-process cache, and the content is what that cache
+    hands out (read-only in shared mode).
     """
+    content, entry = _decode(core, raw, kind)
+    if entry is None:
+        return content, None, KIND_FULL
+    if key is not None and core.l1.enabled:
+        core.l1.put(key, entry)
+        if entry.shared is not None:
+            content = _content(entry, kind)  # the shared, read-only value
+    return content, entry.stamp, kind
+
+
+def _decode(core: CacheCore, raw: bytes, kind: int) -> tuple[Any, L1Entry | None]:
+    """The content, and an in-process cache entry for it (None for a whole context)."""
     unpacked = core.codec.unpack(raw)
     if kind == KIND_SECTION and unpacked.kind != KIND_SECTION:
         raise UndecodableValueError("a company section key holds something else")
     if kind == KIND_CLIENT and unpacked.kind == KIND_FULL:
-        return core.codec.loads_object(unpacked.data), None, KIND_FULL
+        return core.codec.loads_object(unpacked.data), None
     if kind == KIND_CLIENT and unpacked.kind != KIND_CLIENT:
         raise UndecodableValueError("a client key holds a company section")
+    assert unpacked.stamp is not None
     if kind == KIND_SECTION:
-        return core.codec.loads(unpacked.data), unpacked.stamp, KIND_SECTION
+        value = core.codec.loads(unpacked.data)
+        entry = core.l1.make(
+            "section", unpacked.stamp, unpacked.data, value, {}, unpacked.load_seconds
+        )
+        return value, entry
     data = core.codec.loads_object(unpacked.data)
     try:
         part = ClientPart.from_meta(data, unpacked.meta)
     except ValueError as exc:
         raise UndecodableValueError(str(exc)) from exc
-    return part, unpacked.stamp, KIND_CLIENT
+    meta = part.meta()
+    entry = core.l1.make("client", unpacked.stamp, unpacked.data, data, meta, unpacked.load_seconds)
+    return part, entry
+
+
+def _content(entry: L1Entry, kind: int) -> Any:
+    """What a caller gets from an in-process cache entry (new objects in copy mode)."""
+    value = entry.value()
+    if kind == KIND_SECTION:
+        return value
+    meta = entry.meta
+    return ClientPart(data=value, company=tuple(meta["company"]), order=tuple(meta["order"]))
 
 
 def read_parts(
     core: CacheCore, who: Identity, names: tuple[str, ...], operation: str = "GET"
 ) -> Flow[Parts | Unavailable]:
-    """The client's part and the company sections ``names``, in one round trip."""
-    section_keys = tuple(who.company.sections(names))
+    """The client's part and the company sections ``names``, in one round trip.
+
+    Parts this process holds in its in-process cache go with their stamps,
+    and come back as "unchanged" (a few bytes) while they are current.
+    """
+    keys = (who.client.full_context, *who.company.sections(names))
+    l1 = core.l1
+    held = [l1.get(key) for key in keys] if l1.enabled else [None] * len(keys)
+    stamps = [entry.stamp if entry is not None else b"" for entry in held]
     commands = (
-        Command("READ_PARTS", ("",), READ_PARTS, (who.client.full_context,)),
-        Command("READ_PARTS", ("",) * len(names), READ_PARTS, section_keys),
+        Command("READ_PARTS", (stamps[0],), READ_PARTS, keys[:1]),
+        Command("READ_PARTS", tuple(stamps[1:]), READ_PARTS, keys[1:]),
     )
     replies = yield from core.redis(operation, who.target, commands)
     if isinstance(replies, Unavailable):
         return UNAVAILABLE
+    flat = [*replies[0], *replies[1]]
     parts = Parts()
-    client_reply, company_reply = replies
-    if int(client_reply[0]) == PART_VALUE:
-        try:
-            content, stamp, kind = decode_part(core, client_reply[1], KIND_CLIENT)
-        except UndecodableValueError as exc:
-            _log_corrupt(core, who.target, exc)
-            parts.corrupt.append(who.client.full_context)
-        else:
-            if kind == KIND_FULL:
+    for index, key in enumerate(keys):
+        status, raw, pttl = int(flat[3 * index]), flat[3 * index + 1], int(flat[3 * index + 2])
+        name, kind = ("client", KIND_CLIENT) if index == 0 else (names[index - 1], KIND_SECTION)
+        entry = held[index]
+        if status == PART_UNCHANGED and entry is not None:
+            core.stats.add("l1_hits")
+            content = _content(entry, kind)
+        elif status == PART_VALUE:
+            try:
+                content, entry = _decode(core, raw, kind)
+            except UndecodableValueError as exc:
+                _log_corrupt(core, who.target if index == 0 else f"{who.company.label}:{name}", exc)
+                parts.corrupt.append(key)
+                continue
+            if entry is None:  # an older writer's whole context
                 parts.whole = content
-            else:
-                parts.client, parts.client_stamp = content, stamp
-    for index, name in enumerate(names):
-        status, raw = int(company_reply[3 * index]), company_reply[3 * index + 1]
-        if status != PART_VALUE:
+                continue
+            if l1.enabled:
+                core.stats.add("l1_misses")
+                l1.put(key, entry)
+                if entry.shared is not None:
+                    content = _content(entry, kind)  # the shared, read-only value
+        else:
+            if entry is not None:
+                l1.discard(key)
             continue
-        try:
-            parts.sections[name] = decode_part(core, raw, KIND_SECTION)[0]
-        except UndecodableValueError as exc:
-            _log_corrupt(core, f"{who.company.label}:{name}", exc)
-            parts.corrupt.append(section_keys[index])
+        parts.timing[name] = (pttl / 1000 if pttl >= 0 else None, entry.load_seconds)
+        if kind == KIND_CLIENT:
+            parts.client, parts.client_stamp = content, entry.stamp
+        else:
+            parts.sections[name] = content
     yield from drop_corrupt(core, parts.corrupt, who.target)
     return parts
 

@@ -141,6 +141,16 @@ end
     + _TAKE_LOAD_LOCK,
 )
 
+
+def _release_if_owner(lock: str, token: str) -> str:
+    """Lua: delete the load lock if the writer still owns it (compare-and-delete)."""
+    return f"""
+if {token} ~= '' and redis.call('GET', {lock}) == {token} then
+  redis.call('DEL', {lock})
+end
+"""
+
+
 # Writes the client's part only if no invalidation happened since the writer
 # read the generation, then releases the writer's lock if it still owns it.
 # KEYS[1] client part, KEYS[2] generation, KEYS[3] load lock
@@ -155,11 +165,9 @@ if (redis.call('GET', KEYS[2]) or '0') == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   written = 1
 end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
-  redis.call('DEL', KEYS[3])
-end
-return written
-""",
+"""
+    + _release_if_owner("KEYS[3]", "ARGV[4]")
+    + "return written\n",
 )
 
 # Compare-and-delete: only the owner of a lock releases it.
@@ -349,11 +357,9 @@ for i = 3, #KEYS do
     written[#written + 1] = 0
   end
 end
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('DEL', KEYS[2])
-end
-return written
-""",
+"""
+    + _release_if_owner("KEYS[2]", "ARGV[1]")
+    + "return written\n",
 )
 
 # Deletes company sections and voids the leases on them.

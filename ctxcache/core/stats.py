@@ -70,6 +70,14 @@ class CacheStats:
     updates: int = 0  # partial updates of a section
     coalesced: int = 0  # misses served by another caller's load (stampede avoided)
     uncacheable: int = 0  # loaded contexts returned but not cached (JSON cannot hold them)
+    # The in-process cache: parts served without decoding, parts fetched, parts
+    # pushed out by the byte bound, and the bytes held (summed over processes).
+    l1_hits: int = 0
+    l1_misses: int = 0
+    l1_evictions: int = 0
+    l1_bytes: int = 0
+    # Early refreshes started (XFetch) before a part expired.
+    early_refreshes: int = 0
     # Per scope: a client's own part, and the company sections.
     client_hits: int = 0
     client_misses: int = 0

@@ -53,11 +53,15 @@ COUNTERS: Final[Mapping[str, tuple[str, str]]] = {
     "ctxcache_errors": ("errors", "Redis errors, timeouts and calls skipped by the breaker."),
     "ctxcache_corrupt_values": ("corrupt", "Cached values that could not be decoded."),
     "ctxcache_loads": ("loads", "Calls of the context loader (the database)."),
-    "ctxcache_sets": ("sets", "Contexts written to the cache."),
+    "ctxcache_sets": ("sets", "Parts written: clients' parts and company sections."),
     "ctxcache_superseded": ("superseded", "Writes dropped: invalidated while loading."),
-    "ctxcache_invalidations": ("invalidations", "Invalidations and section updates."),
+    "ctxcache_invalidations": ("invalidations", "Parts invalidated (and record updates)."),
+    "ctxcache_updates": ("updates", "Partial updates of one section."),
     "ctxcache_coalesced": ("coalesced", "Misses served by another caller's load."),
+    "ctxcache_uncacheable": ("uncacheable", "Loaded contexts JSON cannot hold: not cached."),
+    "ctxcache_corrupt_fields": ("corrupt_fields", "Record fields that could not be decoded."),
 }
+SCOPES: Final = ("client", "company")
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,15 @@ class ClusterStats:
 
     totals: CacheStats  # summed over every process that flushed
     load_buckets: dict[float, int]  # cumulative load counts by upper bound (math.inf last)
-    cached_contexts: int  # full-context keys found (at most scan_limit)
-    cached_bytes: int  # their MEMORY USAGE: the spec's "Cache Size"
+    cached_contexts: int  # clients' parts found (at most scan_limit)
+    cached_bytes: int  # their MEMORY USAGE
+    cached_sections: int = 0  # company sections found (at most scan_limit)
+    section_bytes: int = 0  # their MEMORY USAGE
+
+    @property
+    def total_bytes(self) -> int:
+        """Both scopes: the spec's "Cache Size"."""
+        return self.cached_bytes + self.section_bytes
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: the totals' fields flat, buckets keyed ``"0.005"`` ... ``"+Inf"``."""
@@ -75,6 +86,9 @@ class ClusterStats:
         data["load_buckets"] = {bound_label(b): n for b, n in self.load_buckets.items()}
         data["cached_contexts"] = self.cached_contexts
         data["cached_bytes"] = self.cached_bytes
+        data["cached_sections"] = self.cached_sections
+        data["section_bytes"] = self.section_bytes
+        data["total_bytes"] = self.total_bytes
         return data
 
 
@@ -96,8 +110,9 @@ def cluster_stats(
     key = cache.keys.stats
     raw = cache.run_guarded("HGETALL", key, functools.partial(cache.client.hgetall, key))
     totals, buckets = _parse_hash(raw)
-    contexts, size = _size_contexts(cache, scan_limit)
-    return ClusterStats(totals, buckets, contexts, size)
+    contexts, size = _size_keys(cache, cache.keys.full_context_pattern, scan_limit)
+    sections, section_size = _size_keys(cache, cache.keys.company_section_pattern, scan_limit)
+    return ClusterStats(totals, buckets, contexts, size, sections, section_size)
 
 
 def serve_metrics(cache: ContextCache, port: int, addr: str = "127.0.0.1") -> WSGIServer:
@@ -148,6 +163,13 @@ def _families(stats: ClusterStats) -> Iterator[Metric]:
     for outcome in WarmOutcome:
         warmups.add_metric([outcome.value], getattr(totals, f"warm_{outcome.value}"))
     yield warmups
+    for kind, help_text in (("hits", "Parts found"), ("misses", "Parts not found")):
+        family = CounterMetricFamily(
+            f"ctxcache_part_{kind}", f"{help_text}, by scope.", labels=["scope"]
+        )
+        for scope in SCOPES:
+            family.add_metric([scope], getattr(totals, f"{scope}_{kind}"))
+        yield family
     yield HistogramMetricFamily(
         "ctxcache_load_seconds",
         "Time the context loader took.",
@@ -157,10 +179,16 @@ def _families(stats: ClusterStats) -> Iterator[Metric]:
     yield _gauge(
         "ctxcache_hit_ratio", "Hits over lookups since the counters began.", totals.hit_rate
     )
-    yield _gauge("ctxcache_cached_contexts", "Full contexts in the cache.", stats.cached_contexts)
+    yield _gauge("ctxcache_cached_contexts", "Clients' parts in the cache.", stats.cached_contexts)
     yield _gauge(
-        "ctxcache_cached_bytes", "Memory used by the cached full contexts.", stats.cached_bytes
+        "ctxcache_cached_sections", "Company sections in the cache.", stats.cached_sections
     )
+    memory = GaugeMetricFamily(
+        "ctxcache_cached_bytes", "Memory used by the cache, by scope.", labels=["scope"]
+    )
+    memory.add_metric(["client"], stats.cached_bytes)
+    memory.add_metric(["company"], stats.section_bytes)
+    yield memory
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
@@ -192,9 +220,8 @@ def _parse_hash(raw: Mapping[bytes | str, bytes | str]) -> tuple[CacheStats, dic
     return totals, cumulative
 
 
-def _size_contexts(cache: ContextCache, scan_limit: int) -> tuple[int, int]:
-    """Count the full-context keys and add up their MEMORY USAGE, walking ~scan_limit keys."""
-    pattern = cache.keys.full_context_pattern
+def _size_keys(cache: ContextCache, pattern: str, scan_limit: int) -> tuple[int, int]:
+    """Count the keys matching ``pattern`` and add up their MEMORY USAGE, walking ~scan_limit."""
     seen: set[bytes | str] = set()
     contexts = size = 0
     cursor = 0

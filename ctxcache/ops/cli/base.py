@@ -26,6 +26,7 @@ from ctxcache.errors import (
     ConfigurationError,
     InvalidCompanyIdError,
     InvalidPhoneError,
+    SectionScopeError,
 )
 from ctxcache.ops.hints import auth_hint, tls_hint
 from ctxcache.settings import CacheSettings, redact_url
@@ -229,7 +230,7 @@ def session(ctx: typer.Context) -> Iterator[ContextCache]:
     cache = ContextCache.from_settings(settings)
     try:
         yield cache
-    except (ConfigurationError, InvalidPhoneError, InvalidCompanyIdError) as exc:
+    except (ConfigurationError, InvalidPhoneError, InvalidCompanyIdError, SectionScopeError) as exc:
         die(EXIT_USAGE, str(exc))
     except redis_errors.AuthenticationError as exc:
         die(EXIT_UNREACHABLE, f"Redis at {where}: {auth_hint(settings, str(exc))} ({exc})")

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ctxcache.core.keys import validate_company_id
 from ctxcache.errors import CacheUnavailableError
 from ctxcache.ops.doctor import human_bytes
 
@@ -141,9 +142,34 @@ def _part_json(part: Any) -> dict[str, Any]:
 
 @commands.command()
 def invalidate(
-    ctx: typer.Context, phone: Phone, company_id: Company, as_json: AsJson = False
+    ctx: typer.Context,
+    phone: Annotated[
+        str | None, typer.Argument(help="client phone, any format (omit with --company)")
+    ] = None,
+    company_id: Annotated[str | None, typer.Argument(help="company id of the client")] = None,
+    company: Annotated[
+        str | None,
+        typer.Option("--company", help="invalidate this company's sections instead"),
+    ] = None,
+    sections: Annotated[
+        list[str] | None,
+        typer.Option("--section", help="with --company: only this section (repeatable)"),
+    ] = None,
+    as_json: AsJson = False,
 ) -> None:
-    """Delete a client's cached context and void the loads in flight (as a booking does)."""
+    """Delete a client's part (as a booking does), or with --company a company's sections.
+
+    Either way the loads in flight are voided, so none of them writes stale data back.
+    """
+    if company is not None:
+        if phone is not None or company_id is not None:
+            die(EXIT_USAGE, "give either PHONE COMPANY_ID or --company CID, not both")
+        _invalidate_company(ctx, company, sections, as_json)
+        return
+    if phone is None or company_id is None:
+        die(EXIT_USAGE, "give PHONE COMPANY_ID, or --company CID [--section NAME]")
+    if sections:
+        die(EXIT_USAGE, "--section goes with --company")
     with session(ctx) as cache:
         keys = cache.client_keys(phone, company_id)
         was_cached = bool(cache.client.exists(keys.full_context))  # raises if unreachable
@@ -152,5 +178,21 @@ def invalidate(
     if as_json:
         print_json({"key": keys.full_context, "invalidated": True, "was_cached": was_cached})
     else:
-        what = "the cached context was deleted" if was_cached else "nothing was cached"
+        what = "the cached part was deleted" if was_cached else "nothing was cached"
         typer.echo(f"invalidated {keys.full_context}: {what}")
+
+
+def _invalidate_company(
+    ctx: typer.Context, company: str, sections: list[str] | None, as_json: bool
+) -> None:
+    with session(ctx) as cache:
+        names = cache.core.layout.company_names(sections or None)  # bad names: exit 2
+        cache.client.ping()  # raises what is wrong, for the exit code and message
+        done = cache.apply_company_invalidation(company, names)
+        if done is None:
+            die(EXIT_UNREACHABLE, f"Redis did not take the invalidation of company {company}")
+    label = cache.keys.company(validate_company_id(company)).label
+    if as_json:
+        print_json({"company": label, "invalidated": list(done.sections)})
+    else:
+        typer.echo(f"invalidated {label}: {', '.join(done.sections)}")

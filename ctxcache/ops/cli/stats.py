@@ -41,10 +41,22 @@ def stats(
             "average load time",
             f"{totals.average_load_seconds * 1000:.1f} ms ({totals.loads} loads)",
         ),
-        ("cached contexts", f"{result.cached_contexts}"),
-        # MEMORY USAGE of the context keys; `doctor` counts the values' bytes (STRLEN).
-        ("cache size (Redis memory)", human_bytes(result.cached_bytes)),
-        ("written / invalidated", f"{totals.sets} / {totals.invalidations}"),
+        (
+            "hits / misses by scope",
+            f"client {totals.client_hits} / {totals.client_misses}, "
+            f"company {totals.company_hits} / {totals.company_misses}",
+        ),
+        (
+            "cached clients / company sections",
+            f"{result.cached_contexts} / {result.cached_sections}",
+        ),
+        # MEMORY USAGE of the keys; `doctor` counts the values' bytes (STRLEN).
+        (
+            "cache size (Redis memory)",
+            f"{human_bytes(result.total_bytes)} (clients {human_bytes(result.cached_bytes)}, "
+            f"company sections {human_bytes(result.section_bytes)})",
+        ),
+        ("parts written / invalidated", f"{totals.sets} / {totals.invalidations}"),
         ("Redis errors", str(totals.errors)),
         ("stampedes avoided", str(totals.coalesced)),
     ]

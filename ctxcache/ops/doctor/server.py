@@ -234,37 +234,47 @@ class RedisDoctor:
         return Check("redis version", True, detail)
 
     def contexts_check(self) -> tuple[Check, int, float | None]:
-        pattern = KeyLayout(self.settings.key_prefix).full_context_pattern
-        count = total = 0
-        truncated = False
+        """What the cache holds, per scope: clients' parts and company sections."""
+        layout = KeyLayout(self.settings.key_prefix)
         deadline = time.monotonic() + self.timeout * 2
-        cursor = 0
         try:
-            while True:
-                cursor, keys = self.client.scan(cursor, match=pattern, count=1000)
-                if keys:
-                    pipe = self.client.pipeline(transaction=False)
-                    for key in keys:
-                        pipe.strlen(key)
-                    for size in pipe.execute(raise_on_error=False):
-                        if isinstance(size, int):
-                            count, total = count + 1, total + size
-                if cursor == 0:
-                    break
-                if count >= self.scan_limit or time.monotonic() > deadline:
-                    truncated = True
-                    break
+            clients = self._value_sizes(layout.full_context_pattern, deadline)
+            sections = self._value_sizes(layout.company_section_pattern, deadline)
         except redis_errors.RedisError as exc:
-            failed = Check("cached contexts", False, f"SCAN {pattern} failed: {exc}", "allow SCAN")
+            failed = Check("cached contexts", False, f"SCAN failed: {exc}", "allow SCAN")
             return failed, 0, None
+        (count, total, cut), (section_count, section_total, section_cut) = clients, sections
         average = total / count if count else None
-        at_least = "at least " if truncated else ""
         # STRLEN: the values' own bytes. `ctxcache stats` reports Redis memory
         # (MEMORY USAGE), which adds Redis's overhead per key.
-        detail = f"{at_least}{count} keys {pattern}, values {human_bytes(total)}"
+        detail = (
+            f"clients' parts: {'at least ' if cut else ''}{count} keys, values {human_bytes(total)}"
+        )
         if average is not None:
-            detail += f", {human_bytes(average)} each on average"
+            detail += f" ({human_bytes(average)} each on average)"
+        detail += (
+            f"; company sections: {'at least ' if section_cut else ''}{section_count} keys, "
+            f"values {human_bytes(section_total)}"
+        )
         return Check("cached contexts", True, detail), count, average
+
+    def _value_sizes(self, pattern: str, deadline: float) -> tuple[int, int, bool]:
+        """Keys matching ``pattern``, their values' bytes, and whether the scan was cut short."""
+        count = total = 0
+        cursor = 0
+        while True:
+            cursor, keys = self.client.scan(cursor, match=pattern, count=1000)
+            if keys:
+                pipe = self.client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.strlen(key)
+                for size in pipe.execute(raise_on_error=False):
+                    if isinstance(size, int):
+                        count, total = count + 1, total + size
+            if cursor == 0:
+                return count, total, False
+            if count >= self.scan_limit or time.monotonic() > deadline:
+                return count, total, True
 
     def maxmemory_check(self, info: dict[str, Any], contexts: int, average: float | None) -> Check:
         limit = int(info.get("maxmemory", 0))
@@ -273,9 +283,9 @@ class RedisDoctor:
         if limit == 0:
             if average is not None and contexts >= 100:
                 total = human_bytes(average * SIZING_CLIENTS)
-                need = f"{total} at the {human_bytes(average)} measured here"
+                need = f"{total} at the {human_bytes(average)} per client part measured here"
             else:
-                need = "about 3 GB at the spec's ~300 KB of JSON each (~0.7 GB zstd-compressed)"
+                need = "about 0.1 GB: ~10 KB per client part, the company's sections once"
             detail = (
                 f"unlimited (0); {human_bytes(used)} used; {SIZING_CLIENTS:,} contexts take {need}"
             )
