@@ -15,14 +15,19 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
+import zstandard
 from conftest import TEST_NAMESPACE, free_port
 
+from ctxcache.core.wire import WireCodec
 from ctxcache.demo import NAMESPACE, demo_broker, main
+from ctxcache.demo.sections import old_layout_blob
 from ctxcache.sample_salon import (
     FIRST_COMPANY_ID,
     FIRST_PHONE,
+    SqlContextLoader,
     create_sample_database,
     list_vip_clients,
 )
@@ -65,18 +70,22 @@ def running(marker: str) -> bool:
     return False
 
 
-def assert_story(output: str, db: Path) -> None:
+def assert_story(output: str, db: Path, *, real: bool = False, quiet: bool = False) -> None:
     """The facts of the story, not just an exit code; rich may wrap lines, so flatten them."""
     text = " ".join(output.split())
     booking = latest_booking(db)
     assert "first load: miss, from the database" in text
+    assert "(its own part and the company's 5 sections); now cached" in text
     assert "second load: hit, from the cache" in text
     assert re.search(r"context: [\d,]+ bytes of JSON, [\d,]+ stored \(\d+%, zstd\)", text)
-    assert f"created booking #{booking} in the database" in text
+    assert f"created booking #{booking} in the database: A took that slot" in text
     hook = r"booking_created hook: invalidation inline_and_queued; key gone [\d.,]+ m?s later"
     assert re.search(hook, text)
     assert "next load: miss, from the database" in text
     assert f"client.upcomingBookings now lists booking #{booking}:" in text
+    assert_freshness_for_two_clients(text, db, booking, quiet)
+    assert_new_clients_load_their_own_part(text)
+    assert_memory_table(text, real)
     vips = list_vip_clients(db)
     assert f"the database's {len(vips)} VIPs" in text
     assert f"all {len(vips)} VIP contexts cached after" in text
@@ -91,6 +100,59 @@ def assert_story(output: str, db: Path) -> None:
     assert re.search(r"hits / misses \d+ / \d+ hit rate / miss rate \d+% / \d+%", text)
     assert "average load time" in text
     assert text.endswith("demo finished")
+
+
+def booked_slot(db: Path, booking: int) -> tuple[int, str]:
+    with closing(sqlite3.connect(db)) as conn:
+        staff_id, start = conn.execute(
+            "SELECT staff_id, start FROM bookings WHERE id = ?", (booking,)
+        ).fetchone()
+    return int(staff_id), str(start)
+
+
+def assert_freshness_for_two_clients(text: str, db: Path, booking: int, quiet: bool) -> None:
+    """A booked the slot B was offered; B's next load no longer offered it (the demo checked)."""
+    assert "B's first load: miss, its own part from the database" in text  # the company's cached
+    offered = re.search(r"B is offered (\S+) with staff #(\d+), its first free slot", text)
+    assert offered, text
+    start, staff_id = offered[1], int(offered[2])
+    assert booked_slot(db, booking) == (staff_id, start)  # A's booking took exactly that slot
+    # Stale until told: the cache cannot know of a booking by itself (a note: not with --quiet).
+    assert ("B's cached context still offers it" in text) is not quiet
+    assert "the company's availability (staffSchedules, businessStats) invalidated" in text
+    assert (
+        f"no longer offers {start} with staff #{staff_id}; the same context as the database's"
+        in text
+    )
+    assert re.search(r"B's next load: hit in [\d.,]+ m?s: no longer offers", text)
+
+
+def assert_new_clients_load_their_own_part(text: str) -> None:
+    whole = re.search(r"whole context, company cold (\d+) ([\d.]+) ms ([\d.]+) ms", text)
+    own = re.search(r"own part, company cached (\d+) ([\d.]+) ms ([\d.]+) ms", text)
+    assert whole, text
+    assert own, text
+    assert int(whole[1]) == int(RUNS)
+    assert int(own[1]) > 150  # the company's 200 clients, less those cached before
+    assert float(own[2]) < float(whole[2])  # its own part costs the database less
+    assert f"load_company_sections was not called for any of the {own[1]}" in text
+
+
+def assert_memory_table(text: str, real: bool) -> None:
+    unit = "Redis memory (MEMORY USAGE)" if real else "bytes stored"
+    assert f"layout keys {unit} per client" in text
+    size = r"([\d.,]+ [KMG]?B)"
+    new = re.search(r"by section \(now\) 200 \+ 5 " + size, text)
+    old = re.search(r"one blob per client \(0\.1\) 200 " + size, text)
+    assert new, text
+    assert old, text
+    assert bytes_of(new[1]) * 5 < bytes_of(old[1])  # the company's data is not repeated
+    assert re.search(r"10,000 such clients: [\d.,]+ [KMG]?B against [\d.,]+ [KMG]?B", text)
+
+
+def bytes_of(shown: str) -> float:
+    number, unit = shown.split()
+    return float(number.replace(",", "")) * {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
 
 
 def test_embedded_demo_in_process(
@@ -117,7 +179,7 @@ def test_embedded_demo_as_a_module(salon_db: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Embedded mode" in result.stdout
     assert "fresh: had more than" not in result.stdout  # --quiet drops the explanations
-    assert_story(result.stdout, salon_db)
+    assert_story(result.stdout, salon_db, quiet=True)
 
 
 def seed_user_data(client: redis.Redis) -> dict[bytes, bytes]:
@@ -155,7 +217,7 @@ def test_real_redis_and_a_worker_subprocess_leave_the_users_keys_alone(
     assert main(["--db", str(salon_db), "--runs", RUNS]) == 0
     out = capsys.readouterr().out
     assert "Real mode" in out
-    assert_story(out, salon_db)
+    assert_story(out, salon_db, real=True)
     # The worker really ran: its log shows the tasks, and it was stopped afterwards.
     log = (salon_db.parent / "worker.log").read_text()
     assert "ready." in log
@@ -186,6 +248,14 @@ def test_a_rabbitmq_broker_is_set_aside_for_a_redis_one(monkeypatch: pytest.Monk
     assert "pw" not in note
     monkeypatch.setenv("CTXCACHE_BROKER_URL", "redis://127.0.0.1:6379/9")
     assert demo_broker("redis://127.0.0.1:6379/3") == ("redis://127.0.0.1:6379/9", None)
+
+
+def test_the_old_layouts_size_is_that_of_a_real_version_1_envelope(salon_db: Path) -> None:
+    """The memory table's old layout is what ctxcache 0.1 wrote: today's reader decodes it."""
+    context = SqlContextLoader(salon_db)(FIRST_PHONE, FIRST_COMPANY_ID)
+    blob = old_layout_blob(context, zstandard.ZstdCompressor(level=1))
+    assert WireCodec().decode(blob) == context
+    assert len(blob) < len(orjson.dumps(context)) / 3
 
 
 def test_unreachable_redis_is_a_clear_error_without_the_password(

@@ -23,7 +23,7 @@ SECTIONS = 5  # company sections of the fixture
 
 
 def entry(cache: L1Cache, size: int) -> Any:
-    return cache.make(b"12345678", b"x" * size, None, {}, 0.0)
+    return cache.make("section", b"12345678", b"x" * size, None, {}, 0.0)
 
 
 # -- the store alone ------------------------------------------------------------------------
@@ -170,6 +170,26 @@ def test_shared_mode_hands_out_read_only_sections(clock: FakeClock) -> None:
     assert "startTime" not in second
     assert second["services"] is first["services"]  # shared, not decoded again
     assert started["startTime"] == 1
+
+
+def test_shared_company_mode_shares_only_company_sections(clock: FakeClock) -> None:
+    import fakeredis
+
+    settings = make_settings(l1_mode="shared-company")
+    cache = ContextCache(fakeredis.FakeRedis(), settings, clock=clock)
+    context = load_fixture()
+    cache.set_cached_full_context(PHONE, COMPANY, context)
+    first = cache.get_cached_full_context(PHONE, COMPANY)
+    assert first == context
+    assert first is not None
+    first["conversation"].append({"role": "user", "text": "new"})  # the client's own
+    first["client"]["name"] = "changed"
+    with pytest.raises(ReadOnlySectionError):
+        first["staffSchedules"].pop()
+    second = cache.get_cached_full_context(PHONE, COMPANY)
+    assert second == context
+    assert second is not None
+    assert second["services"] is first["services"]
 
 
 def test_l1_serves_nothing_it_cannot_prove_current(

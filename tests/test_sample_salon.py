@@ -9,23 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from ctxcache import SectionLayout, SectionScopeError
 from ctxcache import sample_salon as salon
 
 VIP_PHONE, COMPANY = "+79001234567", 962302
-FIXTURE_KEYS = {
-    "phone",
-    "companyId",
-    "company",
-    "client",
-    "services",
-    "staff",
-    "staffSchedules",
-    "conversation",
-    "businessStats",
-    "preferences",
-    "conversationSummary",
-    "intermediate",
-}
+FIXTURE = Path(__file__).parent / "data" / "full_context_300k.json"
+# The Node service's context: its sections, in its order.
+FIXTURE_KEYS = list(json.loads(FIXTURE.read_bytes()))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +80,7 @@ def test_same_seed_gives_same_context(fresh_db: Path, tmp_path: Path) -> None:
 
 def test_context_shape_and_size(db: Path) -> None:
     context = salon.SqlContextLoader(db)(VIP_PHONE, COMPANY)
-    assert set(context) == FIXTURE_KEYS
+    assert list(context) == FIXTURE_KEYS
     assert (context["phone"], context["companyId"]) == (VIP_PHONE, COMPANY)
     assert (context["client"]["phone"], context["client"]["is_vip"]) == (VIP_PHONE, True)
     assert context["client"]["visit_history"]
@@ -102,13 +92,18 @@ def test_context_shape_and_size(db: Path) -> None:
 
 
 def test_unknown_company_raises(db: Path) -> None:
+    loader = salon.SqlContextLoader(db, layout=SectionLayout())
     with pytest.raises(LookupError, match="12345"):
-        salon.SqlContextLoader(db)(VIP_PHONE, 12345)
+        loader(VIP_PHONE, 12345)
+    with pytest.raises(LookupError, match="12345"):
+        loader.load_client(VIP_PHONE, 12345)
+    with pytest.raises(LookupError, match="12345"):
+        loader.load_company_sections(12345, ["services"])
 
 
 def test_unknown_client_gets_defaults(db: Path) -> None:
     context = salon.SqlContextLoader(db)("+70000000000", COMPANY)
-    assert set(context) == FIXTURE_KEYS
+    assert list(context) == FIXTURE_KEYS
     assert context["client"] is None
     assert context["conversation"] == []
     assert context["preferences"]["favoriteServiceId"] is None
@@ -185,3 +180,39 @@ def test_loader_from_many_threads(db: Path) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda phone: (phone, load(phone, COMPANY)), phones * 3))
     assert all(context == expected[phone] for phone, context in results)
+
+
+def test_the_parts_merge_into_the_whole(db: Path) -> None:
+    layout = SectionLayout()
+    loader = salon.SqlContextLoader(db, layout=layout)
+    for phone in [*salon.sample_clients(db, COMPANY, 5), "+70000000000"]:
+        client = loader.load_client(phone, COMPANY)
+        company = loader.load_company_sections(COMPANY, layout.company_sections)
+        assert not set(client) & set(layout.company_sections)
+        assert list(company) == list(layout.company_sections)
+        assert {**client, **company} == loader(phone, COMPANY)
+    first_timer = loader.load_client("+70000000000", COMPANY)
+    assert (first_timer["client"], first_timer["conversation"]) == (None, [])
+
+
+def test_load_client_follows_the_layout(db: Path) -> None:
+    layout = SectionLayout(("services", "conversation"), ("services",))
+    loader = salon.SqlContextLoader(db, layout=layout)
+    client = loader.load_client(VIP_PHONE, COMPANY)
+    assert "services" not in client
+    assert "conversation" not in client  # the layout says company; the salon cannot
+    assert {"company", "staff", "staffSchedules", "businessStats"} <= set(client)
+    with pytest.raises(SectionScopeError, match="'conversation'"):
+        loader.load_company_sections(COMPANY, ["services", "conversation"])
+    with pytest.raises(SectionScopeError, match="'promotions'"):
+        loader.load_company_sections(COMPANY, ["promotions"])
+    assert loader.load_company_sections(COMPANY, ["companyId"]) == {"companyId": COMPANY}
+
+
+def test_the_default_layout_comes_from_the_settings(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CTXCACHE_COMPANY_SECTIONS", "services,staff")
+    monkeypatch.setenv("CTXCACHE_BOOKING_SECTIONS", "staff")
+    client = salon.SqlContextLoader(db).load_client(VIP_PHONE, COMPANY)
+    assert set(client) == set(FIXTURE_KEYS) - {"services", "staff"}

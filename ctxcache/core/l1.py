@@ -9,14 +9,18 @@ older than a write or invalidation that completed before the read began:
 every use is checked against Redis, and when Redis cannot be reached
 nothing is served from here.
 
-Two modes decide what callers get:
+Three modes decide what callers get:
 
 - ``copy`` (the default): each read decodes the part's JSON anew, so every
   caller has private objects it may change at any depth.
-- ``shared``: parts are decoded once into read-only dicts and lists shared by
-  every caller; changing one raises :class:`ReadOnlySectionError`. The
-  top-level dict is always the caller's own, so ``{**context, "startTime": t}``
-  and ``context["startTime"] = t`` both work.
+- ``shared-company``: company sections are decoded once into read-only dicts
+  and lists shared by every caller (changing one raises
+  :class:`ReadOnlySectionError`); the client's own sections are private
+  copies, as in ``copy``.
+- ``shared``: every section is shared and read-only.
+
+The top-level dict is always the caller's own, so ``{**context, "startTime": t}``
+and ``context["startTime"] = t`` work in every mode.
 
 The store is a byte-bounded LRU (the JSON size of each part), thread-safe.
 """
@@ -44,22 +48,25 @@ __all__ = [
     "thaw",
 ]
 
-L1Mode = Literal["copy", "shared"]
-L1_MODES: Final = ("copy", "shared")
+L1Mode = Literal["copy", "shared-company", "shared"]
+L1_MODES: Final = ("copy", "shared-company", "shared")
+# The part kinds (ctxcache.core.wire) each mode shares read-only.
+_SHARED_KINDS: Final = {"copy": (), "shared-company": ("section",), "shared": ("section", "client")}
 
 
 class ReadOnlySectionError(CtxCacheError, TypeError):
     """A shared, read-only section of a cached context was changed.
 
-    With ``CTXCACHE_L1_MODE=shared`` sections are shared by every caller of
-    the process; take a private copy with :func:`ctxcache.thaw` first.
+    With ``CTXCACHE_L1_MODE=shared`` (or ``shared-company``) sections are
+    shared by every caller of the process; take a private copy with
+    :func:`ctxcache.thaw` first.
     """
 
 
 def _refuse(*_: Any, **__: Any) -> NoReturn:
     raise ReadOnlySectionError(
         "this section of a cached context is shared and read-only "
-        "(CTXCACHE_L1_MODE=shared): use ctxcache.thaw(value) for a private copy"
+        "(CTXCACHE_L1_MODE): use ctxcache.thaw(value) for a private copy"
     )
 
 
@@ -117,7 +124,7 @@ class L1Entry:
 
     stamp: bytes
     data: bytes  # the part's JSON
-    shared: Any  # the decoded, read-only value in shared mode; None in copy mode
+    shared: Any  # the decoded, read-only value when shared; None when copied
     meta: dict[str, Any]  # a client part's section lists
     load_seconds: float
     size: int
@@ -142,6 +149,7 @@ class L1Cache:
             raise ValueError(f"unknown L1 mode {mode!r}; use one of {', '.join(L1_MODES)}")
         self.max_bytes = max_bytes
         self.mode = mode
+        self._shared_kinds = _SHARED_KINDS[mode]
         self._entries: OrderedDict[str, L1Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -168,10 +176,19 @@ class L1Cache:
             return entry
 
     def make(
-        self, stamp: bytes, data: bytes, decoded: Any, meta: dict[str, Any], load_seconds: float
+        self,
+        kind: str,
+        stamp: bytes,
+        data: bytes,
+        decoded: Any,
+        meta: dict[str, Any],
+        load_seconds: float,
     ) -> L1Entry:
-        """An entry for a part just decoded (``decoded`` is frozen for shared mode)."""
-        shared = freeze(decoded) if self.mode == "shared" else None
+        """An entry for a part just decoded; ``kind`` is ``"client"`` or ``"section"``.
+
+        ``decoded`` is frozen when the mode shares that kind of part.
+        """
+        shared = freeze(decoded) if self.enabled and kind in self._shared_kinds else None
         return L1Entry(stamp, data, shared, meta, load_seconds, len(data))
 
     def put(self, key: str, entry: L1Entry) -> int:

@@ -78,7 +78,8 @@ def decode_part(
         return content, None, KIND_FULL
     if key is not None and core.l1.enabled:
         core.l1.put(key, entry)
-        content = _content(entry, kind)
+        if entry.shared is not None:
+            content = _content(entry, kind)  # the shared, read-only value
     return content, entry.stamp, kind
 
 
@@ -94,7 +95,9 @@ def _decode(core: CacheCore, raw: bytes, kind: int) -> tuple[Any, L1Entry | None
     assert unpacked.stamp is not None
     if kind == KIND_SECTION:
         value = core.codec.loads(unpacked.data)
-        entry = core.l1.make(unpacked.stamp, unpacked.data, value, {}, unpacked.load_seconds)
+        entry = core.l1.make(
+            "section", unpacked.stamp, unpacked.data, value, {}, unpacked.load_seconds
+        )
         return value, entry
     data = core.codec.loads_object(unpacked.data)
     try:
@@ -102,7 +105,7 @@ def _decode(core: CacheCore, raw: bytes, kind: int) -> tuple[Any, L1Entry | None
     except ValueError as exc:
         raise UndecodableValueError(str(exc)) from exc
     meta = part.meta()
-    entry = core.l1.make(unpacked.stamp, unpacked.data, data, meta, unpacked.load_seconds)
+    entry = core.l1.make("client", unpacked.stamp, unpacked.data, data, meta, unpacked.load_seconds)
     return part, entry
 
 
@@ -156,7 +159,8 @@ def read_parts(
             if l1.enabled:
                 core.stats.add("l1_misses")
                 l1.put(key, entry)
-                content = _content(entry, kind)
+                if entry.shared is not None:
+                    content = _content(entry, kind)  # the shared, read-only value
         else:
             if entry is not None:
                 l1.discard(key)

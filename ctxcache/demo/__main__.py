@@ -1,0 +1,7 @@
+"""``python -m ctxcache.demo``."""
+
+import sys
+
+from ctxcache.demo.cli import main
+
+sys.exit(main())
