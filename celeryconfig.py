@@ -93,7 +93,9 @@ task_queues = tuple(
 task_default_queue = WARMUP_QUEUE
 task_routes = {
     "ctxcache.invalidate_context": {"queue": INVALIDATE_QUEUE},
+    "ctxcache.invalidate_company": {"queue": INVALIDATE_QUEUE},
     "ctxcache.warm_vip_contexts": {"queue": WARMUP_QUEUE},
+    "ctxcache.warm_company": {"queue": WARMUP_QUEUE},
     "ctxcache.warm_context": {"queue": WARMUP_QUEUE},
 }
 # Warm-ups take a loader's time each; one prefetched message per process keeps

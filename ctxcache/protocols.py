@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ctxcache.errors import ConfigurationError
 
-__all__ = ["ContextLoader", "SectionedLoader", "VipSource", "resolve_callable"]
+__all__ = [
+    "ContextLoader",
+    "SectionedLoader",
+    "VipSource",
+    "resolve_callable",
+    "resolve_loader",
+]
 
 
 @runtime_checkable
@@ -51,11 +57,23 @@ class VipSource(Protocol):
     def __call__(self) -> Iterable[tuple[str, int]]: ...
 
 
-def resolve_callable(path: str, *, variable: str) -> Any:
+def resolve_loader(path: str, *, variable: str = "CTXCACHE_LOADER") -> Any:
+    """Import a loader: a function, or an object with the :class:`SectionedLoader` methods."""
+    return resolve_callable(path, variable=variable, accept=_is_sectioned)
+
+
+def _is_sectioned(target: object) -> bool:
+    return isinstance(target, SectionedLoader)
+
+
+def resolve_callable(
+    path: str, *, variable: str, accept: Callable[[object], bool] | None = None
+) -> Any:
     """Import ``package.module:function`` (or ``package.module.function``).
 
     A wrong path raises :class:`ConfigurationError` naming ``variable``, so a
-    worker fails at start instead of at its first task.
+    worker fails at start instead of at its first task. ``accept`` admits
+    targets that are not callable (a sectioned loader object).
     """
     module_name, sep, attribute = path.partition(":")
     if not sep:
@@ -79,6 +97,6 @@ def resolve_callable(path: str, *, variable: str) -> Any:
                 f"{variable}={path!r}: {module_name!r} has no attribute {attribute!r}",
                 variable=variable,
             ) from None
-    if not callable(target):
+    if not callable(target) and not (accept is not None and accept(target)):
         raise ConfigurationError(f"{variable}={path!r} is not callable", variable=variable)
     return target

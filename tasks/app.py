@@ -23,6 +23,8 @@ from ctxcache import (
     ContextCache,
     CtxCacheError,
     EnsureOutcome,
+    Invalidation,
+    SectionedLoader,
     mask_phone,
 )
 from ctxcache.settings import CacheSettings
@@ -30,8 +32,10 @@ from ctxcache.settings import CacheSettings
 from . import runtime, transport  # noqa: F401  (transport: per-worker broker options)
 
 __all__ = [
+    "INVALIDATE_COMPANY_TASK",
     "INVALIDATE_TASK",
     "WARM_ALL_TASK",
+    "WARM_COMPANY_TASK",
     "WARM_ONE_TASK",
     "app",
     "create_app",
@@ -41,7 +45,9 @@ __all__ = [
 logger = logging.getLogger("ctxcache.tasks")
 
 INVALIDATE_TASK = "ctxcache.invalidate_context"
+INVALIDATE_COMPANY_TASK = "ctxcache.invalidate_company"
 WARM_ALL_TASK = "ctxcache.warm_vip_contexts"
+WARM_COMPANY_TASK = "ctxcache.warm_company"
 WARM_ONE_TASK = "ctxcache.warm_context"
 
 # Retries of an invalidation go on for about a day, longer than the 12 h TTL
@@ -90,35 +96,47 @@ def _chunks(items: Iterable[tuple[str, int]], size: int) -> Iterator[list[tuple[
 def _register_tasks(celery_app: Celery) -> None:
     backoff_cap, max_retries = retry_schedule(CacheSettings.load())
 
-    @celery_app.task(
-        name=INVALIDATE_TASK,
-        shared=False,  # each app gets its own tasks; no global registration
-        acks_late=True,
-        reject_on_worker_lost=True,
-        autoretry_for=(CacheUnavailableError,),
-        retry_backoff=1,
-        retry_backoff_max=backoff_cap,
-        retry_jitter=True,
-        max_retries=max_retries,
-    )
-    def invalidate_context(phone: str, company_id: int, generation: int | None = None) -> str:
+    # Late-acked, retried with backoff and jitter for about a day, never deduplicated.
+    safety_net: dict[str, Any] = {
+        "shared": False,  # each app gets its own tasks; no global registration
+        "acks_late": True,
+        "reject_on_worker_lost": True,
+        "autoretry_for": (CacheUnavailableError,),
+        "retry_backoff": 1,
+        "retry_backoff_max": backoff_cap,
+        "retry_jitter": True,
+        "max_retries": max_retries,
+    }
+
+    @celery_app.task(name=INVALIDATE_TASK, **safety_net)
+    def invalidate_context(
+        phone: str,
+        company_id: int,
+        generation: int | None = None,
+        sections: dict[str, int | None] | None = None,
+    ) -> str:
         """The safety net behind a booking hook; idempotent, retried until Redis takes it.
 
         A no-op while the invalidation that produced ``generation`` still holds
         (a context reloaded since is kept). Applied again if it was undone, and
         applied outright when ``generation`` is None: the hook's inline call
-        failed, or the message is from before generations existed.
+        failed, or the message is from before generations existed. ``sections``
+        (company sections and the generations the hook produced, None for
+        "apply outright") are checked the same way.
         """
         cache = runtime.get_cache()
-        outcome = cache.ensure_invalidated(phone, company_id, generation)
-        runtime.count(cache, f"safety_net_{outcome.value}")
-        masked = mask_phone(phone)
-        logger.info("safety net for %s / %s: %s", masked, company_id, outcome.value)
-        if outcome is EnsureOutcome.UNAVAILABLE:
-            raise CacheUnavailableError(
-                f"Redis did not take the invalidation of {masked} / {company_id}"
-            )
-        return str(outcome.value)
+        if sections is None:  # a message of the first versions: the client's part alone
+            outcome = cache.ensure_invalidated(phone, company_id, generation)
+        else:
+            outcome = _confirm(cache, company_id, phone, generation, sections)
+        return _safety_net_outcome(cache, outcome, f"{mask_phone(phone)} / {company_id}")
+
+    @celery_app.task(name=INVALIDATE_COMPANY_TASK, **safety_net)
+    def invalidate_company(company_id: int, sections: dict[str, int | None]) -> str:
+        """The safety net behind :func:`tasks.company_changed`; as ``invalidate_context``."""
+        cache = runtime.get_cache()
+        outcome = _confirm(cache, company_id, None, None, sections)
+        return _safety_net_outcome(cache, outcome, f"company {company_id}")
 
     @celery_app.task(name=WARM_ALL_TASK, bind=True, shared=False)
     def warm_vip_contexts(
@@ -144,16 +162,33 @@ def _register_tasks(celery_app: Celery) -> None:
             logger.info("warm-up skipped: another run holds this interval")
             return 0
         warm_one = self.app.tasks[WARM_ONE_TASK]
+        warm_company = self.app.tasks[WARM_COMPANY_TASK]
+        # A sectioned loader loads a company's sections apart: each company once,
+        # queued before its clients, whose warm-ups then load their own parts.
+        by_company = isinstance(runtime.get_loader(), SectionedLoader)
+        companies: set[int] = set()
         queued = 0
         for chunk in _chunks(
             _valid_vips(cache, runtime.get_vip_source()()), cache.settings.warmup_chunk_size
         ):
+            new = sorted({company for _, company in chunk} - companies) if by_company else []
+            for company in new:
+                warm_company.apply_async((company, refresh_threshold), expires=interval)
+            companies.update(new)
             group(
                 warm_one.s(phone, company, refresh_threshold) for phone, company in chunk
             ).apply_async(expires=interval)
             queued += len(chunk)
-        logger.info("warm-up: queued %d VIP contexts", queued)
+        logger.info("warm-up: queued %d companies and %d VIP contexts", len(companies), queued)
         return queued
+
+    @celery_app.task(name=WARM_COMPANY_TASK, shared=False)
+    def warm_company(company_id: int, refresh_threshold: float | None = None) -> str:
+        """Load and cache a company's sections unless they are fresh (a sectioned loader)."""
+        cache = runtime.get_cache()
+        outcome = cache.warm_company(company_id, runtime.get_loader(), refresh_threshold)
+        logger.info("warm-up of company %s: %s", company_id, outcome.value)
+        return outcome.value
 
     @celery_app.task(name=WARM_ONE_TASK, shared=False)
     def warm_context(phone: str, company_id: int, refresh_threshold: float | None = None) -> str:
@@ -163,6 +198,28 @@ def _register_tasks(celery_app: Celery) -> None:
         outcome = cache.warm_full_context(phone, company_id, loader, refresh_threshold)
         logger.info("warm-up of %s / %s: %s", mask_phone(phone), company_id, outcome.value)
         return outcome.value
+
+
+def _confirm(
+    cache: ContextCache,
+    company_id: int,
+    phone: str | None,
+    generation: int | None,
+    sections: dict[str, int | None],
+) -> EnsureOutcome:
+    """Check an invalidation of a client's part (with ``phone``) and company sections."""
+    known = {name: gen for name, gen in sections.items() if gen is not None}
+    outright = [name for name, gen in sections.items() if gen is None]
+    done = Invalidation(generation, known)
+    return cache.confirm_invalidation(company_id, done, phone=phone, sections=outright)
+
+
+def _safety_net_outcome(cache: ContextCache, outcome: EnsureOutcome, what: str) -> str:
+    runtime.count(cache, f"safety_net_{outcome.value}")
+    logger.info("safety net for %s: %s", what, outcome.value)
+    if outcome is EnsureOutcome.UNAVAILABLE:
+        raise CacheUnavailableError(f"Redis did not take the invalidation of {what}")
+    return str(outcome.value)
 
 
 def _valid_vips(cache: ContextCache, vips: Iterable[tuple[str, int]]) -> Iterator[tuple[str, int]]:

@@ -1,7 +1,10 @@
-"""Booking hooks: call them after the booking's database commit.
+"""Booking and catalogue hooks: call them after the database commit.
 
-Each hook applies the invalidation inline first (one bounded Redis call), so
-in the normal case the client's context is gone when the hook returns. It then
+A booking changes the client's own part and the company's availability (the
+``CTXCACHE_BOOKING_SECTIONS``, for every client of the company); a catalogue
+edit changes named company sections (:func:`company_changed`). Each hook
+applies the invalidation inline first (one bounded Redis round trip), so in
+the normal case every affected context is fresh when the hook returns. It then
 queues a safety-net task carrying the generation that call produced; a worker
 checks that the invalidation still holds and applies it again if it was lost
 (a failover, a restore) or never happened (Redis failed here). An invalidation
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,16 +31,19 @@ from celery import Celery
 from ctxcache import ContextCache, InvalidationFailedError, mask_phone
 
 from . import runtime
-from .app import INVALIDATE_TASK
+from .app import INVALIDATE_COMPANY_TASK, INVALIDATE_TASK
 from .app import app as default_app
 
 __all__ = [
+    "Booking",
     "ClientContext",
+    "CompanySections",
     "InvalidationOutcome",
     "InvalidationRoute",
     "InvalidationTarget",
     "booking_cancelled",
     "booking_created",
+    "company_changed",
     "invalidate_now_and_queue",
 ]
 
@@ -116,18 +123,98 @@ class ClientContext:
         return f"{mask_phone(self.phone)} / {self.company_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """What a booking changes: a client's part and its company's availability sections."""
+
+    phone: str  # normalized (E.164)
+    company_id: int
+
+    @classmethod
+    def of(cls, phone: str, company_id: int | str) -> Booking:
+        """Validated and normalized; bad input raises here, before anything is done."""
+        return cls(*runtime.get_cache().identify(phone, company_id))
+
+    def apply(self, cache: ContextCache) -> dict[str, Any] | None:
+        done = cache.apply_booking_invalidation(self.phone, self.company_id)
+        return None if done is None else done.as_dict()
+
+    def safety_net(
+        self, receipt: dict[str, Any] | None
+    ) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        # Sections the inline call did not take are sent without a generation:
+        # the worker invalidates them outright.
+        sections: dict[str, int | None] = dict.fromkeys(_booking_sections())
+        if receipt is not None:
+            sections.update(receipt["sections"])
+        kwargs = {"generation": None if receipt is None else receipt["client"]}
+        return INVALIDATE_TASK, (self.phone, self.company_id), {**kwargs, "sections": sections}
+
+    def describe(self) -> str:
+        return f"{mask_phone(self.phone)} / {self.company_id} and its availability"
+
+
+@dataclass(frozen=True, slots=True)
+class CompanySections:
+    """Company sections shared by every client of a company (a catalogue edit)."""
+
+    company_id: int
+    sections: tuple[str, ...]
+
+    @classmethod
+    def of(cls, company_id: int | str, sections: Iterable[str] | None) -> CompanySections:
+        """Validated: unknown sections and bad ids raise here, before anything is done."""
+        cache = runtime.get_cache()
+        names = cache.core.layout.company_names(sections)
+        return cls(cache.core.identify_company(company_id).company_id, names)
+
+    def apply(self, cache: ContextCache) -> dict[str, Any] | None:
+        done = cache.apply_company_invalidation(self.company_id, self.sections)
+        return None if done is None else done.as_dict()
+
+    def safety_net(
+        self, receipt: dict[str, Any] | None
+    ) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        sections: dict[str, int | None] = dict.fromkeys(self.sections)
+        if receipt is not None:
+            sections.update(receipt["sections"])
+        return INVALIDATE_COMPANY_TASK, (self.company_id, sections), {}
+
+    def describe(self) -> str:
+        return f"company {self.company_id} ({', '.join(self.sections)})"
+
+
+def _booking_sections() -> tuple[str, ...]:
+    return runtime.get_cache().core.layout.booking_sections
+
+
 def booking_created(
     phone: str, company_id: int | str, *, app: Celery | None = None
 ) -> InvalidationOutcome:
-    """Invalidate the client's context after a booking was created (and committed)."""
-    return invalidate_now_and_queue(ClientContext.of(phone, company_id), "booking created", app)
+    """Invalidate the client's part and the company's availability after a booking was made.
+
+    Call it after the booking's database commit.
+    """
+    return invalidate_now_and_queue(Booking.of(phone, company_id), "booking created", app)
 
 
 def booking_cancelled(
     phone: str, company_id: int | str, *, app: Celery | None = None
 ) -> InvalidationOutcome:
-    """Invalidate the client's context after a booking was cancelled (and committed)."""
-    return invalidate_now_and_queue(ClientContext.of(phone, company_id), "booking cancelled", app)
+    """Invalidate the client's part and the company's availability after a cancellation."""
+    return invalidate_now_and_queue(Booking.of(phone, company_id), "booking cancelled", app)
+
+
+def company_changed(
+    company_id: int | str, sections: Iterable[str] | None = None, *, app: Celery | None = None
+) -> InvalidationOutcome:
+    """Invalidate company sections (``None``: all) after a catalogue edit was committed.
+
+    A price change, a new staff member, a new service: every client of the
+    company reloads the named sections on its next read.
+    """
+    target = CompanySections.of(company_id, sections)
+    return invalidate_now_and_queue(target, "company changed", app)
 
 
 def invalidate_now_and_queue(

@@ -23,7 +23,7 @@ from celery.signals import (
 
 from ctxcache import ConfigurationError, ContextCache, ContextLoader, VipRegistry, VipSource
 from ctxcache.ops.metrics import serve_metrics
-from ctxcache.protocols import resolve_callable
+from ctxcache.protocols import resolve_callable, resolve_loader
 from ctxcache.settings import CacheSettings
 
 from .pending import PendingInvalidations
@@ -115,7 +115,7 @@ def get_loader() -> ContextLoader:
                     "e.g. CTXCACHE_LOADER=ctxcache.sample_salon:load_context",
                     variable="CTXCACHE_LOADER",
                 )
-            _state["loader"] = resolve_callable(current.loader, variable="CTXCACHE_LOADER")
+            _state["loader"] = resolve_loader(current.loader)
         loader: ContextLoader = _state["loader"]
         return loader
 

@@ -41,6 +41,7 @@ from tasks import (
     InvalidationRoute,
     booking_cancelled,
     booking_created,
+    company_changed,
     create_app,
     runtime,
 )
@@ -148,6 +149,50 @@ def test_booking_hooks_invalidate_inline_and_a_worker_checks(
         )
 
 
+def test_a_booking_makes_other_clients_miss_the_taken_slots(
+    app: Celery, cache: ContextCache, celery_process: Callable[..., CeleryProcess]
+) -> None:
+    """Freshness for other clients, end to end: the hook, then a real worker's safety net."""
+    worker = celery_process("worker")
+    other = "+79007654321"
+    context = {"client": {}, "staffSchedules": [{"slot": "10:00"}], "services": [1]}
+    for phone in (PHONE, other):
+        assert cache.set_cached_full_context(phone, COMPANY, context)
+    assert booking_created(PHONE, COMPANY, app=app) is InvalidationOutcome.INLINE_AND_QUEUED
+    # The other client's context no longer offers the old slots, at once.
+    assert cache.get_cached_full_context(other, COMPANY) is None
+    sections = f"{{company_context:{COMPANY}}}:section:"
+    assert not cache.client.exists(sections + "staffSchedules")
+    assert cache.client.exists(sections + "services")  # the catalogue stays
+    fresh = {**context, "staffSchedules": []}
+    token = cache.current_generation(other, COMPANY)
+    assert cache.set_cached_full_context(other, COMPANY, fresh, generation=token)
+    wait_until(
+        lambda: f"{mask_phone(PHONE)} / {COMPANY}: in_effect" in worker.log(),
+        10,
+        "the safety net to find the booking's invalidation in effect",
+    )
+    assert cache.get_cached_full_context(other, COMPANY) == fresh  # reloaded data kept
+
+
+def test_the_safety_net_reapplies_undone_company_sections(
+    app: Celery, cache: ContextCache, celery_process: Callable[..., CeleryProcess]
+) -> None:
+    context = {"client": {}, "staffSchedules": [{"slot": "10:00"}], "services": [1]}
+    assert cache.set_cached_full_context(PHONE, COMPANY, context)
+    gens = f"{{company_context:{COMPANY}}}:gen"
+    section = f"{{company_context:{COMPANY}}}:section:staffSchedules"
+    before, value = cache.client.hgetall(gens), cache.client.get(section)
+    assert company_changed(COMPANY, ["staffSchedules"], app=app).applied  # no worker yet
+    cache.client.delete(gens)  # a failover lost the inline write: old generations, old slots
+    if before:
+        cache.client.hset(gens, mapping=before)
+    cache.client.set(section, value)
+    worker = celery_process("worker")
+    wait_until(lambda: not cache.client.exists(section), 15, "the worker to re-apply it")
+    assert "company 962302: reapplied" in worker.log()
+
+
 def test_bad_input_is_refused_before_publishing(app: Celery, cache: ContextCache) -> None:
     with pytest.raises(ValueError):
         booking_created("not a phone", COMPANY, app=app)
@@ -172,6 +217,29 @@ def test_beat_tick_warms_every_vip(
     for phone, company in VIPS:
         assert cache.get_cached_full_context(phone, company) is not None
     assert sorted(loads(cache.client).values()) == [1, 1, 1]
+
+
+def test_a_warm_up_tick_loads_each_companys_sections_once(
+    app: Celery, cache: ContextCache, celery_process: Callable[..., CeleryProcess]
+) -> None:
+    vips = [(f"+7900123{i:04d}", 962302 + i % 2) for i in range(8)]  # two companies
+    registry = VipRegistry(cache)
+    for phone, company in vips:
+        registry.add(phone, company)
+    cache.client.set(DELAY_KEY, 0.2)  # company loads take a while: clients' warm-ups overlap
+    celery_process("worker", CTXCACHE_LOADER="worker_support:sectioned_loader")
+    app.tasks[WARM_ALL_TASK].delay()
+    wait_until(
+        lambda: all(cache.get_cached_full_context(*vip) is not None for vip in vips),
+        30,
+        "eight warmed contexts",
+    )
+    counts = loads(cache.client)
+    assert counts == {
+        "company:962302": 1,  # each company's sections once, not once per VIP
+        "company:962303": 1,
+        **{f"client:{company}:{phone}": 1 for phone, company in vips},
+    }
 
 
 def test_overlapping_warm_up_exits_without_loading(

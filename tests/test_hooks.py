@@ -14,14 +14,16 @@ from celery import Celery
 from conftest import COMPANY, PHONE, free_port, make_settings
 
 from celeryconfig import INVALIDATE_QUEUE, INVALIDATE_TRANSPORT_OPTIONS, broker_transport_options
-from ctxcache import CacheSettings, ContextCache, InvalidationFailedError
+from ctxcache import CacheSettings, ContextCache, InvalidationFailedError, SectionScopeError
 from ctxcache.ops.metrics import StatsCollector
 from tasks import (
+    INVALIDATE_COMPANY_TASK,
     INVALIDATE_TASK,
     InvalidationOutcome,
     InvalidationRoute,
     booking_cancelled,
     booking_created,
+    company_changed,
     create_app,
     invalidate_now_and_queue,
     runtime,
@@ -35,6 +37,8 @@ cache = test_celery.cache
 
 KEY = f"full_context:{COMPANY}:{PHONE}"
 GEN_KEY = "{" + KEY + "}:gen"
+COMPANY_GENS = f"{{company_context:{COMPANY}}}:gen"
+SECTION = f"{{company_context:{COMPANY}}}:section:"
 
 
 def queued_messages(celery_app: Celery, queue_name: str = INVALIDATE_QUEUE) -> list[Any]:
@@ -61,7 +65,10 @@ def test_the_hook_applies_inline_and_queues_the_generation_it_produced(
     assert booking_created(PHONE, COMPANY, app=app) is InvalidationOutcome.INLINE_AND_QUEUED
     assert not cache.client.exists(KEY)
     generation = int(cache.client.get(GEN_KEY))
-    assert queued_messages(app) == [(INVALIDATE_TASK, [PHONE, COMPANY], {"generation": generation})]
+    sections = {k.decode(): int(v) for k, v in cache.client.hgetall(COMPANY_GENS).items()}
+    assert set(sections) == {"staffSchedules", "businessStats"}  # the booking's availability
+    expected = {"generation": generation, "sections": sections}
+    assert queued_messages(app) == [(INVALIDATE_TASK, [PHONE, COMPANY], expected)]
     assert booking_cancelled(PHONE, COMPANY, app=app).applied
     assert cache.stats().hook_inline_and_queued == 2
 
@@ -75,8 +82,11 @@ def test_redis_down_queues_the_first_versions_message(app: Celery, real_client: 
         outcome = booking_created("8 (900) 123-45-67", str(COMPANY), app=app)
         assert outcome is InvalidationOutcome.QUEUED_ONLY is InvalidationRoute.QUEUED
         assert (outcome.applied, outcome.queued) == (False, True)
-        # No generation: workers of every version apply it outright.
-        assert queued_messages(app) == [(INVALIDATE_TASK, [PHONE, COMPANY], {})]
+        # No generations: the worker applies it all outright.
+        outright = {"staffSchedules": None, "businessStats": None}
+        assert queued_messages(app) == [
+            (INVALIDATE_TASK, [PHONE, COMPANY], {"generation": None, "sections": outright})
+        ]
         assert unreachable.stats().hook_queued_only == 1
     finally:
         runtime.reset()
@@ -132,6 +142,27 @@ def test_other_targets_plug_into_the_same_two_steps(app: Celery, cache: ContextC
         InvalidationOutcome.INLINE_AND_QUEUED
     )
     assert queued_messages(app) == [(INVALIDATE_TASK, [PHONE, COMPANY], {"generation": 7})]
+
+
+@pytest.mark.celery
+def test_company_changed_applies_inline_and_queues_its_safety_net(
+    app: Celery, cache: ContextCache
+) -> None:
+    context = {"client": 1, "services": [1], "staff": [2], "company": {"id": COMPANY}}
+    assert cache.set_cached_full_context(PHONE, COMPANY, context)
+    outcome = company_changed(COMPANY, ["services", "staff"], app=app)
+    assert outcome is InvalidationOutcome.INLINE_AND_QUEUED
+    assert not cache.client.exists(SECTION + "services")
+    assert not cache.client.exists(SECTION + "staff")
+    assert cache.client.exists(SECTION + "company")
+    assert cache.client.exists(KEY)  # clients' own parts are left alone
+    gens = {k.decode(): int(v) for k, v in cache.client.hgetall(COMPANY_GENS).items()}
+    assert queued_messages(app) == [(INVALIDATE_COMPANY_TASK, [COMPANY, gens], {})]
+    with pytest.raises(SectionScopeError):
+        company_changed(COMPANY, ["client"], app=app)  # refused before anything is done
+    with pytest.raises(ValueError):
+        company_changed("nope", app=app)
+    assert queued_messages(app) == []
 
 
 # -- no broker needed ---------------------------------------------------------------------

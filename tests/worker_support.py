@@ -46,6 +46,32 @@ def load_context(phone: str, company_id: int) -> dict[str, Any]:
     return {"phone": phone, "companyId": company_id, "load": count}
 
 
+class SectionedLoader:
+    """A sectioned loader for test workers (``worker_support:sectioned_loader``).
+
+    Counts its calls in the test Redis: ``client:<company>:<phone>`` and
+    ``company:<company>`` in the hash at LOADS_KEY.
+    """
+
+    def load_client(self, phone: str, company_id: int) -> dict[str, Any]:
+        client = _redis()
+        count = client.hincrby(LOADS_KEY, f"client:{company_id}:{phone}", 1)
+        client.close()
+        return {"phone": phone, "client": {"load": count}}
+
+    def load_company_sections(self, company_id: int, sections: Any) -> dict[str, Any]:
+        client = _redis()
+        client.hincrby(LOADS_KEY, f"company:{company_id}", 1)
+        delay = float(client.get(DELAY_KEY) or 0)
+        client.close()
+        if delay:
+            time.sleep(delay)
+        return {name: {"company": company_id, "section": name} for name in sections}
+
+
+sectioned_loader = SectionedLoader()
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll ``predicate`` until true; returns the seconds it took, fails after ``timeout``."""
     started = time.monotonic()

@@ -16,7 +16,7 @@ from ctxcache import ContextCache, WarmOutcome
 from ctxcache.client.vip import VipRegistry
 from ctxcache.core.phone import mask_phone
 from ctxcache.errors import ConfigurationError, CtxCacheError
-from ctxcache.protocols import ContextLoader, VipSource, resolve_callable
+from ctxcache.protocols import ContextLoader, VipSource, resolve_callable, resolve_loader
 from ctxcache.settings import redact_url
 
 from .base import (
@@ -41,6 +41,8 @@ def _resolve(path: str, variable: str) -> Any:
     cwd = os.getcwd()
     sys.path.insert(0, cwd)
     try:
+        if variable == "CTXCACHE_LOADER":
+            return resolve_loader(path, variable=variable)
         return resolve_callable(path, variable=variable)
     finally:
         sys.path.remove(cwd)
