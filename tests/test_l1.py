@@ -17,6 +17,7 @@ from test_wire import load_fixture
 
 from ctxcache import ContextCache
 from ctxcache.core.l1 import FrozenDict, FrozenList, L1Cache, ReadOnlySectionError, freeze, thaw
+from ctxcache.core.layout import DEFAULT_COMPANY_SECTIONS
 
 OTHER = "+79007654321"
 SECTIONS = 5  # company sections of the fixture
@@ -292,6 +293,24 @@ def test_beta_zero_turns_early_refresh_off(
     cache.load_full_context(PHONE, COMPANY, loader)
     cache.close()
     assert calls == [PHONE]
+
+
+def test_a_due_company_section_refreshes_them_all_in_one_load(
+    cache_factory: Callable[..., ContextCache], clock: FakeClock
+) -> None:
+    # One at a time, each would cost a load, and the company's lock held for one
+    # made the refreshes of the others skip until they expired.
+    cache = refreshing_cache(cache_factory, clock, Draws(1.0))
+    salon = Salon()
+    salon.on_sections = lambda: clock.advance(2.0)  # the sections' load takes 2 s
+    cache.load_full_context(PHONE, COMPANY, salon)
+    cache.client.pexpire(f"{{company_context:{COMPANY}}}:section:staffSchedules", 10_000)
+    cache.core.random = Draws(math.exp(-6))  # 2 s x 6 = 12 >= 10 s: only that one is due
+    cache.load_full_context(PHONE, COMPANY, salon)
+    cache.close()
+    assert salon.sections == [DEFAULT_COMPANY_SECTIONS, DEFAULT_COMPANY_SECTIONS]
+    assert salon.clients == [PHONE]
+    assert cache.stats().early_refreshes == 1
 
 
 def test_a_part_is_never_refreshed_twice_at_once(
