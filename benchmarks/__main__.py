@@ -17,6 +17,7 @@ SUITES: dict[str, str] = {
     "peers": "benchmarks.peers",
     "faults": "benchmarks.faults",
     "sections": "benchmarks.sections",
+    "l1": "benchmarks.l1",
 }
 
 

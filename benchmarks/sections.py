@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     one_company = 300 if quick else 10_000
     grid = (5, 20) if quick else (100, 100)
     old_sample = 50 if quick else 1000
-    bookings = 20 if quick else 300
-    pairs = 5 if quick else 50
+    bookings = min(20, iterations) if quick else 300
+    pairs = min(5, iterations) if quick else 50
     url = bench_url(args)
     admin = redis.Redis.from_url(url)
     ensure_room(admin, one_company * 20_000 + old_sample * 90_000, url)
