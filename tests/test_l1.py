@@ -138,16 +138,31 @@ def test_writes_and_invalidations_elsewhere_are_seen_at_once(
     assert reader.stats().l1_hits == hits  # nothing was served without its fresh value
 
 
-def test_by_default_callers_may_change_what_they_get(any_cache: ContextCache) -> None:
+def test_by_default_nothing_a_caller_changes_reaches_another(any_cache: ContextCache) -> None:
     context = load_fixture()
     any_cache.set_cached_full_context(PHONE, COMPANY, context)
     first = any_cache.get_cached_full_context(PHONE, COMPANY)
     assert first is not None
-    first["services"][0]["price"] = -1  # deep inside a company section
-    first["client"]["name"] = "changed"
+    first["client"]["name"] = "changed"  # the client's own sections: private
+    first["conversation"].append({"role": "user", "text": "new"})
     first["startTime"] = 123  # the spec's { ...cachedContext, startTime }
+    with pytest.raises(ReadOnlySectionError):  # a company section: refused, not shared
+        first["services"][0]["price"] = -1
     again = any_cache.get_cached_full_context(PHONE, COMPANY)
     assert again == context  # another caller sees none of it
+
+
+def test_copy_mode_callers_may_change_anything(clock: FakeClock) -> None:
+    import fakeredis
+
+    cache = ContextCache(fakeredis.FakeRedis(), make_settings(l1_mode="copy"), clock=clock)
+    context = load_fixture()
+    cache.set_cached_full_context(PHONE, COMPANY, context)
+    first = cache.get_cached_full_context(PHONE, COMPANY)
+    assert first is not None
+    first["services"][0]["price"] = -1  # deep inside a company section
+    first["client"]["name"] = "changed"
+    assert cache.get_cached_full_context(PHONE, COMPANY) == context
 
 
 def test_shared_mode_hands_out_read_only_sections(clock: FakeClock) -> None:
