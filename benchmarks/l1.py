@@ -39,6 +39,7 @@ import orjson
 import redis
 import redis.connection
 
+from benchmarks.coherence import measure_coherence
 from benchmarks.common import (
     NAMESPACE,
     bench_cache,
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["wire"] = measure_wire(caches, region)
         results["new_client"] = measure_new_client(caches, context, iterations, warmup)
         results["mutation"] = measure_mutation(caches["off"], context, iterations, warmup)
+        delete_bench_keys(admin, DOGPILE_LOCKS)
+        results["coherence"] = measure_coherence(url, 1.0 if quick else 10.0)
         delete_bench_keys(admin, DOGPILE_LOCKS)
         duration = min(3.0, iterations / 10) if quick else 20.0  # --iterations 5: 0.5 s
         ttl = 1 if quick else 5
@@ -473,6 +476,7 @@ def report(r: dict[str, Any]) -> str:
         )
     t = hit["target"]
     m = er["method"]
+    co = r["coherence"]
     return "\n".join(
         [
             f"ctxcache l1 benchmark{' (quick)' if r['quick'] else ''}, {env['date']}",
@@ -490,6 +494,12 @@ def report(r: dict[str, Any]) -> str:
             "  sent: request bytes as written; received: the replies' RESP2 size",
             "",
             table(muts),
+            "",
+            f"coherence: {co['readers']} reader processes, {co['clients']} clients of"
+            f" {co['companies']} companies, {co['seconds']:g} s; a writer made {co['updates']}"
+            f" updates and {co['invalidations']} invalidations: {co['reads']:,} reads"
+            f" ({co['reads_per_s']:,}/s), {co['l1_hits']:,} parts from L1, stale reads"
+            f" {co['stale_reads']} (target 0): {mark(co['pass'])}",
             "",
             table(refresh),
             f"  {m['clients']:,} clients of {m['companies']} companies, Zipf s={m['zipf_s']},"
