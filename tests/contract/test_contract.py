@@ -11,9 +11,9 @@ from conftest import COMPANY, PHONE, make_settings
 from test_sections import Salon
 from test_wire import load_fixture
 
-from ctxcache import ContextCache, WarmOutcome
+from ctxcache import AsyncContextCache, ContextCache, WarmOutcome
 
-from .conftest import CLIENTS, Contract
+from .conftest import CLIENTS, Backend, Contract
 
 KEY = f"full_context:{COMPANY}:{PHONE}"
 LOCK = "{" + KEY + "}:lock"
@@ -138,3 +138,27 @@ def test_a_bad_call_raises_when_awaited_not_when_made(contract: Contract) -> Non
         return
     pending = contract.cache.cache.get_cached_full_context("not a phone", COMPANY)
     pending.close()  # made without raising; awaited it raises (the contract's bad-input tests)
+
+
+def test_a_cancelled_async_load_lets_go_of_its_lock(backend: Backend) -> None:
+    """A cancellation (a request timeout, a closed chat) is thrown into the flow like any error."""
+
+    async def scenario() -> None:
+        async with AsyncContextCache(backend.connect_async(), make_settings()) as cache:
+            started = asyncio.Event()
+
+            async def stuck(phone: str, company_id: int) -> dict[str, Any]:
+                started.set()
+                await asyncio.Event().wait()  # never returns
+                raise AssertionError("unreachable")
+
+            task = asyncio.create_task(cache.load_full_context(PHONE, COMPANY, stuck))
+            await started.wait()
+            assert backend.admin.exists(LOCK)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not backend.admin.exists(LOCK)
+            assert await cache.get_cached_full_context(PHONE, COMPANY) is None
+
+    asyncio.run(scenario())
