@@ -75,6 +75,21 @@ def test_core_runs_on_the_url_given_to_ctxcache_and_leaves_the_users_keys(
     assert everything(spare_redis.port) == theirs
 
 
+def test_asyncio_suite_compares_the_clients_and_leaves_the_users_keys(
+    spare_redis: SpareRedis, tmp_path: Path
+) -> None:
+    theirs = seed(spare_redis.port)
+    url = f"redis://127.0.0.1:{spare_redis.port}/0"
+    result = run(
+        "-m", "benchmarks", "asyncio", "--quick", "--url", url, "--results", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads((tmp_path / "asyncio.quick.json").read_text())
+    assert set(figures["hits_per_second"]) == {"asyncio", "threads_100", "threads_8"}
+    assert all(f["median"] > 0 for f in figures["hits_per_second"].values())
+    assert everything(spare_redis.port) == theirs
+
+
 def test_a_server_that_would_have_to_evict_is_refused(
     spare_redis: SpareRedis, tmp_path: Path
 ) -> None:
