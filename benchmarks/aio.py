@@ -8,8 +8,8 @@ same cached ~300 KB context, in rounds of fixed length, interleaved
 (A B B A ...) so that noise on a shared machine hits all alike; the figures
 are medians of the rounds, and the ratio is of those medians.
 
-Runs against ``--url`` (else ``CTXCACHE_REDIS_URL``, else local db 0) and
-writes only keys under ``ctxcache-bench:``, which it deletes at start and end.
+Where it runs and what it writes: as every suite (``benchmarks/README.md``,
+"What the benchmarks touch"); one context, under ``ctxcache-bench:``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from benchmarks.common import (
     bench_url,
     delete_bench_keys,
     load_fixture,
+    publish,
     table,
-    write_results,
 )
 from benchmarks.core import environment
 from ctxcache import AsyncContextCache, ContextCache
@@ -99,9 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sync_cache.close()
         delete_bench_keys(admin)
         admin.close()
-    print(report(results))
-    out = write_results("asyncio", quick, results, getattr(args, "results", None))
-    print(f"\nfigures written to {out}")
+    publish("asyncio", quick, results, report(results), args)
     return results
 
 

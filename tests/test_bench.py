@@ -58,7 +58,7 @@ def run(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_core_runs_on_the_url_given_to_ctxcache_and_leaves_the_users_keys(
+def test_core_and_asyncio_run_on_the_url_given_and_leave_the_users_keys(
     spare_redis: SpareRedis, tmp_path: Path
 ) -> None:
     theirs = seed(spare_redis.port)
@@ -72,14 +72,6 @@ def test_core_runs_on_the_url_given_to_ctxcache_and_leaves_the_users_keys(
     assert figures["environment"]["redis_url"] == url  # --url reached the benchmark
     assert figures["memory"]["ctxcache"]["used_memory_delta"] > 0  # it did write, there
     assert figures["round_trips"]["pass"]
-    assert everything(spare_redis.port) == theirs
-
-
-def test_asyncio_suite_compares_the_clients_and_leaves_the_users_keys(
-    spare_redis: SpareRedis, tmp_path: Path
-) -> None:
-    theirs = seed(spare_redis.port)
-    url = f"redis://127.0.0.1:{spare_redis.port}/0"
     result = run(
         "-m", "benchmarks", "asyncio", "--quick", "--url", url, "--results", str(tmp_path),
     )  # fmt: skip
