@@ -209,6 +209,11 @@ class Contract:
         self._made.append(made)
         return made
 
+    def close_cache(self, cache: Any) -> None:
+        """Close one cache now (it waits for its background refreshes)."""
+        self._made.remove(cache)
+        cache.close()
+
     def close(self) -> None:
         for made in self._made:
             made.close()

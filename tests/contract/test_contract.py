@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +101,31 @@ def test_flush_adds_exactly_the_counts(any_cache: ContextCache) -> None:
     assert flushed[bucket_field(0.005)] == 1  # the fake clock did not move: 0 s
     assert any_cache.flush_stats() is True  # nothing new: no change
     assert stats_hash(any_cache.client, any_cache) == flushed
+
+
+def test_a_part_near_expiry_is_refreshed_in_the_background(contract: Contract) -> None:
+    """XFetch: the caller gets the valid value at once, a background refresh reloads it."""
+    clock = contract.clock
+    cache = contract.cache
+    calls: list[str] = []
+
+    def loader(phone: str, company_id: int) -> dict[str, Any]:
+        calls.append(phone)
+        clock.advance(2.0)  # each load takes 2 s of the fake clock
+        return {"client": {"n": len(calls)}, "services": [len(calls)]}
+
+    cache.core.random = lambda: 1.0  # -ln(1) = 0: never early
+    first = cache.load_full_context(PHONE, COMPANY, loader)
+    assert cache.load_full_context(PHONE, COMPANY, loader) == first
+    assert calls == [PHONE]
+    contract.redis.pexpire(KEY, 10_000)  # 10 s left
+    cache.core.random = lambda: math.exp(-6)  # 2 s x 1 x 6 = 12 >= 10: due
+    assert cache.load_full_context(PHONE, COMPANY, loader) == first  # at once
+    contract.close_cache(cache)  # waits for the background refresh
+    assert calls == [PHONE, PHONE]
+    assert cache.stats().early_refreshes == 1
+    fresh = contract.make().get_cached_full_context(PHONE, COMPANY)
+    assert fresh == {"client": {"n": 2}, "services": [2]}
 
 
 async def async_database(phone: str, company_id: int) -> dict[str, Any]:
