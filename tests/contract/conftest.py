@@ -24,8 +24,10 @@ How to add a backend (Cluster, Sentinel)
    answer, for fail-open) and ``url`` if other processes can reach it.
 3. After the ``yield``, clean up only what the test wrote: flush the test
    database (standalone) or delete the keys it wrote (shared servers).
-4. Register it: ``BACKENDS["cluster"] = my_backend``. Every contract test
-   then runs on it with both clients; with ``url`` set, so do the
+4. Register it in the :data:`BACKENDS` literal below (the fixtures' params
+   are read from it when this module is imported, so a later assignment is
+   too late). Every contract test then runs on it with both clients; with
+   ``url`` set (a URL ``ContextCache.from_url`` accepts), so do the
    cross-process tests (``networked_backend``).
 """
 
