@@ -55,23 +55,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rounds, seconds = (3, 0.25) if quick else (7, 2.0)
     url = bench_url(args)
     fixture, raw_json, context = load_fixture()
+    method = {
+        "rounds": rounds,
+        "round_seconds": seconds,
+        "coroutines": COROUTINES,
+        "thread_pools": list(THREAD_POOLS),
+        "order": "ABBA interleaved rounds",
+        "l1_modes": list(L1_MODES),
+    }
     admin = redis.Redis.from_url(url)
     delete_bench_keys(admin)  # an interrupted run's
     try:
-        results: dict[str, Any] = {
-            "suite": "asyncio",
-            "quick": quick,
-            "environment": environment(admin, url, fixture, len(raw_json)),
-            "method": {
-                "rounds": rounds,
-                "round_seconds": seconds,
-                "coroutines": COROUTINES,
-                "thread_pools": list(THREAD_POOLS),
-                "order": "ABBA interleaved rounds",
-                "l1_modes": list(L1_MODES),
-            },
-            "l1_modes": {},
-        }
+        env = environment(admin, url, fixture, len(raw_json))
+        results: dict[str, Any] = {"suite": "asyncio", "quick": quick, "environment": env}
+        results.update(method=method, l1_modes={})
         with one_cpu() as cpu:
             results["environment"]["pinned_cpu"] = cpu
             for mode in L1_MODES:
