@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -169,10 +170,26 @@ class CacheSettings(BaseSettings):
             raise ValueError("must be a plain host or user name (no spaces, '@' or leading '-')")
         return value
 
-    @field_validator("encryption_keys", "key_secret", "redis_username", mode="before")
+    @field_validator(
+        "encryption_keys",
+        "key_secret",
+        "redis_username",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        mode="before",
+    )
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        # Checked now: a wrong path would otherwise surface as an SSL error on the first command.
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value!r}")
+        return value
 
     @field_validator("encryption_keys")
     @classmethod
@@ -194,6 +211,17 @@ class CacheSettings(BaseSettings):
         if value and info.data.get("encryption_keys") is None:
             raise ValueError("true needs CTXCACHE_ENCRYPTION_KEYS")
         return value
+
+    def tls_options(self) -> dict[str, str]:
+        """redis-py's TLS options from ``CTXCACHE_TLS_*``; the server is always verified."""
+        options = {"ssl_cert_reqs": "required"}
+        if self.tls_ca_file:
+            options["ssl_ca_certs"] = self.tls_ca_file
+        if self.tls_cert_file:
+            options["ssl_certfile"] = self.tls_cert_file
+        if self.tls_key_file:
+            options["ssl_keyfile"] = self.tls_key_file
+        return options
 
     def encryption_key_list(self) -> list[bytes]:
         """The raw keys of ``CTXCACHE_ENCRYPTION_KEYS`` (none when unset), the sealing one first."""
@@ -301,7 +329,12 @@ class CacheSettings(BaseSettings):
         if self.broker_url:
             return self.broker_url
         password = self.redis_password.get_secret_value() if self.redis_password else None
-        return default_broker_url(parse_cache_url(self.effective_redis_url), password)
+        return default_broker_url(
+            parse_cache_url(self.effective_redis_url),
+            password,
+            fallback_username=self.redis_username,
+            tls=self.tls_options(),
+        )
 
     @property
     def broker_reason(self) -> str:

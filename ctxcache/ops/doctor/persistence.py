@@ -38,6 +38,9 @@ _OWN_SERVER_FIX: Final = (
     "maxmemory-policy noeviction) or use RabbitMQ: set CTXCACHE_BROKER_URL"
 )
 
+# Marks an INFO dict whose CONFIG GET values were refused (ACL users, managed servers).
+CONFIG_REFUSED = "ctxcache:config-refused"
+
 
 def broker_checks(
     settings: CacheSettings, url: str, cache_run_id: str | None, timeout: float
@@ -78,6 +81,7 @@ def _config(client: redis.Redis, *names: str) -> dict[str, str]:
         try:
             reply = client.config_get(name)
         except redis_errors.ResponseError:
+            found[CONFIG_REFUSED] = "CONFIG GET"  # an ACL user without it: say so, not guess
             continue
         for key, value in reply.items():
             found[key.decode() if isinstance(key, bytes) else str(key)] = (
@@ -89,6 +93,14 @@ def _config(client: redis.Redis, *names: str) -> dict[str, str]:
 def persistence_check(info: Mapping[str, Any]) -> Check:
     """From the broker's INFO persistence (and CONFIG appendfsync / save when allowed)."""
     name = BROKER_CHECK_NAMES[0]
+    if CONFIG_REFUSED in info:
+        aof = "append-only file on" if int(info.get("aof_enabled", 0)) else "no append-only file"
+        return Check(
+            name,
+            True,
+            f"{aof}; appendfsync and RDB snapshots not checked: CONFIG GET refused for this user",
+            "check appendfsync by hand, or allow +config|get for the user doctor runs as",
+        )
     if int(info.get("aof_enabled", 0)):
         fsync = str(info.get("appendfsync", "?"))
         detail = f"append-only file, appendfsync {fsync}"

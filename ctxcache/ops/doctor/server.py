@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any, Final
@@ -37,6 +39,23 @@ MIN_REDIS_VERSION: Final = (4, 0)
 GOOD_POLICIES: Final = frozenset({"allkeys-lru", "volatile-lru", "allkeys-lfu", "volatile-lfu"})
 _SCRATCH_PHONE: Final = "+79990000000"  # under a scratch prefix: never a real client's key
 _LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def speaks_tls(host: str, port: int, timeout: float) -> bool:
+    """Whether ``host:port`` answers a TLS handshake (not verified: this only asks the protocol)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a probe of the protocol: nothing is sent over it
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except ssl.SSLError as exc:
+        return "alert" in str(exc).lower()  # a TLS server that refused us (client certificate)
+    except OSError:
+        return False
 
 
 def is_loopback(target: RedisTarget) -> bool:
@@ -134,7 +153,8 @@ class RedisDoctor:
             detail = f"{exc} (sent: {sent})"
             return [reached, Check("redis auth", False, detail, auth_hint(self.settings, str(exc)))]
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-            failed = Check("redis reachable", False, f"{self.shown}: {exc}", self._reach_fix(port))
+            fix = self._reach_fix(port, str(exc))
+            failed = Check("redis reachable", False, f"{self.shown}: {exc}", fix)
             return [failed, Check("redis auth", False, "not run", skipped=True)]
         except redis_errors.InvalidResponse as exc:
             detail = f"{where} answers, but not as Redis: {exc}"
@@ -162,7 +182,25 @@ class RedisDoctor:
             ]
         return [reached, Check("redis auth", True, "no password needed (loopback)")]
 
-    def _reach_fix(self, port: int | None) -> str:
+    def _reach_fix(self, port: int | None, message: str = "") -> str:
+        if "certificate verify failed" in message.lower():
+            ca = self.settings.tls_ca_file or "the system's CAs (CTXCACHE_TLS_CA_FILE is not set)"
+            return (
+                f"the server's certificate is not trusted by {ca}, or names another host: "
+                "set CTXCACHE_TLS_CA_FILE to the CA that signed it"
+            )
+        if "certificate required" in message.lower() or "alert" in message.lower():
+            return (
+                "the server refused the TLS handshake: it likely wants a client certificate "
+                "(CTXCACHE_TLS_CERT_FILE and CTXCACHE_TLS_KEY_FILE)"
+            )
+        if self.target.scheme == "redis" and speaks_tls(
+            self.target.host or "localhost", port or 6379, self.timeout
+        ):
+            return (
+                f"the server at {self.target.host}:{port} speaks TLS: use rediss:// "
+                "(and CTXCACHE_TLS_CA_FILE for a private CA)"
+            )
         if self._speaks_plain_text():
             return (
                 f"the server at {self.target.host}:{port} answers without TLS: "
@@ -204,7 +242,7 @@ class RedisDoctor:
         except redis_errors.RedisError as exc:
             info = {}
             version = Check(
-                "redis version", True, f"INFO refused: {exc}", "allow INFO for this user"
+                "redis version", True, f"INFO refused: {exc}", "allow +info for this user"
             )
         else:
             version = self.version_check(info)
@@ -213,6 +251,12 @@ class RedisDoctor:
         checks = [version, contexts]
         if info:
             checks += [self.maxmemory_check(info, count, average), self.policy_check(info)]
+        else:  # a restricted ACL user: say what was not checked, and how to check it
+            fix = "allow +info for the user doctor runs as, or check it on the server"
+            checks += [
+                Check(name, True, "not checked: INFO refused for this user", fix)
+                for name in ("maxmemory", "eviction policy")
+            ]
         checks.append(self.round_trip())
         return checks
 
