@@ -35,6 +35,22 @@ def free_port_in_range() -> int:
     pytest.fail("no free port in 7200-7299")
 
 
+def stored(client: redis.Redis) -> Iterator[tuple[bytes, list[bytes]]]:
+    """Every key of the database with what it holds: a string's value, a hash's field names
+    and values, a sorted set's members (other types: their DUMP)."""
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        if kind == b"string":
+            values = [client.get(key) or b""]
+        elif kind == b"hash":
+            values = [b for pair in client.hgetall(key).items() for b in pair]
+        elif kind == b"zset":
+            values = client.zrange(key, 0, -1)
+        else:
+            values = [client.dump(key) or b""]
+        yield key, values
+
+
 @contextlib.contextmanager
 def private_redis(directory: Path, args: Sequence[str], ready: Any) -> Iterator[int]:
     """Run ``redis-server <args>`` on a port of the range; ``ready(port)`` must pass once."""

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import COMPANY, PHONE
+from security_support import stored
 
 from ctxcache import ConfigurationError, ContextCache, VipRegistry
 from ctxcache.core.crypto import ValueCipher, key_id, parse_keys
@@ -90,13 +91,7 @@ def test_every_value_written_is_encrypted_and_reads_back(
     registry = VipRegistry(cache)
     assert registry.add(PHONE, COMPANY)
     assert not registry.add(PHONE, COMPANY)
-    for key in real_client.scan_iter(count=1000):
-        kind = real_client.type(key)
-        values = {
-            b"string": lambda k: [real_client.get(k)],
-            b"hash": lambda k: list(real_client.hgetall(k).values()),
-            b"zset": lambda k: real_client.zrange(k, 0, -1),
-        }[kind](key)
+    for key, values in stored(real_client):
         for value in values:
             if key.startswith(b"ctxcache:stats") or key.endswith((b":gen", b":lock")):
                 continue
