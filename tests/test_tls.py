@@ -18,6 +18,7 @@ from security_support import private_redis
 from ctxcache import CacheSettings, ContextCache, VipRegistry
 from ctxcache.client.connection import connect
 from ctxcache.ops.doctor import run_checks
+from ctxcache.ops.doctor.persistence import broker_checks
 from ctxcache.urls import broker_tls
 
 CONTEXT = {"client": {"name": "Anna"}, "company": {"name": "Salon"}}
@@ -111,6 +112,9 @@ def test_the_derived_broker_uses_the_same_tls_files(tls_server: TlsServer) -> No
     assert "ssl_certfile=" in broker
     with Connection(broker, connect_timeout=2) as connection:
         assert connection.default_channel.client.ping()
+    # Doctor reads the broker's server over TLS too (INFO for its persistence check).
+    persistence = broker_checks(settings, broker, None, 2.0)[0]
+    assert "refused" not in persistence.detail, persistence.detail
     # A rediss:// broker named in CTXCACHE_BROKER_URL gets them as broker_use_ssl.
     assert broker_tls(settings.tls_options())["ssl_cert_reqs"] == ssl.CERT_REQUIRED
 

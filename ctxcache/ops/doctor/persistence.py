@@ -25,6 +25,7 @@ __all__ = [
     "BROKER_CHECK_NAMES",
     "SLOW_RECOVERY_SECONDS",
     "broker_checks",
+    "broker_client",
     "persistence_check",
     "recovery_check",
     "shared_server_check",
@@ -58,7 +59,7 @@ def broker_checks(
             Check(BROKER_CHECK_NAMES[1], True, "RabbitMQ: not the cache's server"),
             recovery_check(settings, redis_broker=False),
         ]
-    client = redis.Redis.from_url(server, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = broker_client(settings, server, timeout)
     try:
         info: dict[str, Any] = {**client.info("server"), **client.info("persistence")}
         info.update(_config(client, "appendfsync", "save"))
@@ -72,6 +73,14 @@ def broker_checks(
         shared_server_check(url, settings, str(info.get("run_id") or "") or None, cache_run_id),
         recovery_check(settings, redis_broker=True),
     ]
+
+
+def broker_client(settings: CacheSettings, server: str, timeout: float) -> redis.Redis:
+    """A client of the broker's Redis server, with CTXCACHE_TLS_* when it is ``rediss://``."""
+    tls = settings.tls_options() if server.startswith("rediss://") else {}
+    return redis.Redis.from_url(
+        server, socket_timeout=timeout, socket_connect_timeout=timeout, **tls
+    )
 
 
 def _config(client: redis.Redis, *names: str) -> dict[str, str]:
