@@ -76,6 +76,8 @@ def test_the_worker_runs_the_cache_contract(acl_server: int, admin: redis.Redis)
     settings = settings_for(
         acl_server, "ctxcache-worker", WORKER_PASSWORD, stats_flush_interval=0.001
     )
+    # The derived broker logs in as the same user (give it a user of its own in production).
+    assert settings.effective_broker_url.startswith(f"redis://ctxcache-worker:{WORKER_PASSWORD}@")
     with ContextCache.from_settings(settings) as cache:
         assert cache.set_cached_full_context(PHONE, COMPANY, CONTEXT)
         assert cache.get_cached_full_context(PHONE, COMPANY) == CONTEXT

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,7 @@ import trustme
 from conftest import COMPANY, PHONE
 from kombu import Connection
 from security_support import private_redis
+from worker_support import REPO
 
 from ctxcache import CacheSettings, ContextCache, VipRegistry
 from ctxcache.client.connection import connect
@@ -117,6 +121,28 @@ def test_the_derived_broker_uses_the_same_tls_files(tls_server: TlsServer) -> No
     assert "refused" not in persistence.detail, persistence.detail
     # A rediss:// broker named in CTXCACHE_BROKER_URL gets them as broker_use_ssl.
     assert broker_tls(settings.tls_options())["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+
+
+def test_a_named_rediss_broker_gets_the_tls_files_from_celeryconfig(tls_server: TlsServer) -> None:
+    # celeryconfig reads the environment when imported: a fresh interpreter, as a worker has.
+    script = (
+        "import celeryconfig, kombu\n"
+        "conn = kombu.Connection(celeryconfig.broker_url, ssl=celeryconfig.broker_use_ssl)\n"
+        "print(conn.default_channel.client.ping())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTXCACHE_")}
+    env.update(
+        CTXCACHE_REDIS_URL=tls_server.url,
+        CTXCACHE_BROKER_URL=f"rediss://127.0.0.1:{tls_server.port}/3",
+        CTXCACHE_TLS_CA_FILE=tls_server.ca,
+        CTXCACHE_TLS_CERT_FILE=tls_server.cert,
+        CTXCACHE_TLS_KEY_FILE=tls_server.key,
+        PYTHONPATH=str(REPO),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
 
 
 def test_a_wrong_ca_fails_clearly(tls_server: TlsServer) -> None:
