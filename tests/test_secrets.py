@@ -95,6 +95,8 @@ def test_the_cli_and_doctor_never_show_a_secret(guarded: int) -> None:
     assert runs["wrong password"].returncode != 0
     assert "password" in runs["wrong password"].stderr.lower()
     assert "CTXCACHE_ENCRYPTION_KEYS" in runs["bad key list"].stderr
+    assert "values encrypted with key" in runs["doctor"].stdout  # fingerprints, not keys
+    assert "phones in keys hashed" in runs["doctor"].stdout
     for name, result in runs.items():
         assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
         assert_clean(result.stdout, f"{name}: stdout")

@@ -23,6 +23,7 @@ from redis.retry import Retry
 
 from ctxcache.client.connection import connect
 from ctxcache.client.sync import ContextCache
+from ctxcache.core.crypto import key_id
 from ctxcache.core.keys import KeyLayout
 from ctxcache.ops.hints import TUNNEL_FIX, auth_hint, tls_hint
 from ctxcache.settings import DEVELOPMENT_PORT, CacheSettings, redact_url
@@ -117,7 +118,7 @@ class RedisDoctor:
         self.run_id: str | None = None
 
     def run(self) -> list[Check]:
-        checks = [self.url_check()]
+        checks = [self.url_check(), self.protection_check()]
         checks += self.connection_checks()
         if checks[-1].ok:
             checks += self.server_checks()
@@ -139,6 +140,22 @@ class RedisDoctor:
                 "use rediss:// or keep Redis on a private network or VPN",
             )
         return Check("redis url", True, detail)
+
+    def protection_check(self) -> Check:
+        """Which of the opt-in protections of personal data are on (README "Security")."""
+        keys = self.settings.encryption_key_list()
+        if keys:
+            ids = [key_id(key).hex() for key in keys]
+            values = f"values encrypted with key {ids[0]}"
+            if len(ids) > 1:
+                values += f" (also opened: {', '.join(ids[1:])})"
+            if self.settings.require_encryption:
+                values += "; plain values refused"
+        else:
+            values = "values not encrypted (CTXCACHE_ENCRYPTION_KEYS)"
+        hashed = self.settings.key_secret is not None
+        phones = "phones in keys hashed" if hashed else "phones in key names (CTXCACHE_KEY_SECRET)"
+        return Check("data protection", True, f"{values}; {phones}")
 
     def connection_checks(self) -> list[Check]:
         target = self.target
