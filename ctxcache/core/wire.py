@@ -206,6 +206,8 @@ class WireCodec:
             MAGIC, WIRE_VERSION, kind, encoding, flags, stamp, load_ms, written, len(meta_bytes)
         )
         if self.cipher is not None:
+            if not key:  # a value bound to no key would fail at every read: a bug, say so now
+                raise ValueError("an encrypted value needs the Redis key it is stored at")
             body = self.cipher.seal(meta_bytes + data, _aad(key, header))
             return header + body, stamp
         return header + meta_bytes + data, stamp
