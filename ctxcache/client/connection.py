@@ -1,4 +1,5 @@
-"""Building the Redis client: short timeouts, no hidden retries, password from the settings.
+"""Building the Redis client: short timeouts, no hidden retries, credentials and TLS
+from the settings.
 
 The blocking and the asyncio client get the same options from one place,
 :func:`connection_options`; only the classes differ.
@@ -53,8 +54,13 @@ def connection_options(
         options["driver_info"] = None
     else:
         options.update(lib_name=None, lib_version=None)
-    if settings.redis_password is not None and urlsplit(url).password is None:
+    parts = urlsplit(url)
+    if settings.redis_password is not None and parts.password is None:
         options["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_username and not parts.username:
+        options["username"] = settings.redis_username  # an ACL user (Redis 6+)
+    if parts.scheme == "rediss":
+        options.update(settings.tls_options())  # options in the URL's query still win
     return url, options
 
 
