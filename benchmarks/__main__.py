@@ -18,6 +18,8 @@ SUITES: dict[str, str] = {
     "faults": "benchmarks.faults",
     "sections": "benchmarks.sections",
     "l1": "benchmarks.l1",
+    "asyncio": "benchmarks.aio",
+    "security": "benchmarks.security",
 }
 
 

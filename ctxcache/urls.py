@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -27,6 +28,7 @@ __all__ = [
     "BROKER_SCHEMES",
     "CACHE_SCHEMES",
     "RedisTarget",
+    "broker_tls",
     "check_broker_url",
     "default_broker_url",
     "parse_cache_url",
@@ -327,20 +329,28 @@ def _check_one_broker(url: str) -> None:
         _database(parts.path)  # kombu reads the path as the database number
 
 
-def default_broker_url(cache: RedisTarget, fallback_password: str | None) -> str:
+def default_broker_url(
+    cache: RedisTarget,
+    fallback_password: str | None,
+    *,
+    fallback_username: str | None = None,
+    tls: Mapping[str, str] | None = None,
+) -> str:
     """The cache's server, next database number (the one below for db 15: never a wrap to 0).
 
     Fine for development; in production the broker belongs on its own server.
     ``fallback_password`` (REDIS_PASSWORD) is written into the URL when the
     cache URL has none, since a broker only has its URL. TLS options carry
     over, and ``rediss://`` keeps redis-py's default of verifying the
-    certificate (kombu's would be not to).
+    certificate (kombu's would be not to); ``tls`` (``CTXCACHE_TLS_*``) fills
+    in what the URL does not say. ``fallback_username`` is the ACL user.
     """
     neighbour = cache.db + 1 if cache.db < 15 else cache.db - 1  # 16 databases by default
     password = cache.password if cache.password is not None else fallback_password
+    username = cache.username or fallback_username
     userinfo = ""
-    if cache.username or password is not None:
-        userinfo = quote(cache.username or "", safe="")
+    if username or password is not None:
+        userinfo = quote(username or "", safe="")
         if password is not None:
             userinfo += ":" + quote(password, safe="")
         userinfo += "@"
@@ -350,10 +360,24 @@ def default_broker_url(cache: RedisTarget, fallback_password: str | None) -> str
     host = f"[{cache.host}]" if cache.host and ":" in cache.host else cache.host
     url = f"{cache.scheme}://{userinfo}{host}:{cache.port}/{neighbour}"
     if cache.scheme == "rediss":
-        tls = {k: v for k, v in cache.options if k in _BROKER_TLS_OPTIONS}
-        tls.setdefault("ssl_cert_reqs", "required")
-        url += "?" + urlencode(tls)
+        chosen = {k: v for k, v in cache.options if k in _BROKER_TLS_OPTIONS}
+        for name, value in (tls or {}).items():
+            chosen.setdefault(name, value)
+        chosen.setdefault("ssl_cert_reqs", "required")
+        url += "?" + urlencode(chosen)
     return url
+
+
+def broker_tls(options: Mapping[str, str]) -> dict[str, object]:
+    """Celery's ``broker_use_ssl`` for a Redis broker from redis-py style TLS options."""
+    chosen: dict[str, object] = dict(options)
+    wanted = _cert_reqs(options.get("ssl_cert_reqs", "required"))
+    chosen["ssl_cert_reqs"] = {
+        "none": ssl.CERT_NONE,
+        "optional": ssl.CERT_OPTIONAL,
+        "required": ssl.CERT_REQUIRED,
+    }[wanted]
+    return chosen
 
 
 def redis_url_of_broker(url: str) -> str | None:

@@ -1,8 +1,18 @@
-"""What the sync and the asyncio client share to run the core's flows."""
+"""What the sync and the asyncio client share to run the core's flows.
+
+A shell's whole loop is::
+
+    runner = FlowRunner(flow)
+    while (step := runner.next()) is not None:
+        with runner:  # an exception becomes the step's answer: the flow decides
+            runner.answer = <do step>          # (awaited in the asyncio client)
+    return runner.result
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ctxcache.core.steps import Command, Flow, Step
@@ -15,15 +25,25 @@ T = TypeVar("T")
 class FlowRunner(Generic[T]):
     """Advances a flow: hands it the answer (or error) of its last step, returns the next.
 
-    :attr:`result` holds the flow's return value once :meth:`advance`
-    returned ``None``.
+    Used as a context manager around doing a step, it catches whatever the
+    step raised (``BaseException`` too: an interrupt or a cancellation must
+    still let the flow release its locks) and throws it into the flow on the
+    next :meth:`next`. :attr:`result` holds the flow's return value once
+    :meth:`next` returned ``None``.
     """
+
+    __slots__ = ("_flow", "_result", "answer", "error")
 
     def __init__(self, flow: Flow[T]) -> None:
         self._flow = flow
         self._result: Any = None
+        self.answer: Any = None
+        self.error: BaseException | None = None
 
-    def advance(self, answer: Any, error: BaseException | None) -> Step | None:
+    def next(self) -> Step | None:
+        """The flow's next step, given the last one's outcome; ``None`` once it returned."""
+        answer, error = self.answer, self.error
+        self.answer = self.error = None
         try:
             if error is not None:
                 return self._flow.throw(error)
@@ -31,6 +51,18 @@ class FlowRunner(Generic[T]):
         except StopIteration as stop:
             self._result = stop.value
             return None
+
+    def __enter__(self) -> FlowRunner[T]:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self.error = error
+        return error is not None
 
     @property
     def result(self) -> T:
