@@ -163,6 +163,8 @@ def read_parts(
         name, kind = ("client", KIND_CLIENT) if index == 0 else (names[index - 1], KIND_SECTION)
         entry = held[index]
         if status == PART_UNCHANGED and entry is not None:
+            if not serve_stale and _stale(core, pttl):
+                continue  # past its TTL, for a read that cannot refresh it (see below)
             core.stats.add("l1_hits")
             content = _content(entry, kind)
         elif status == PART_VALUE:

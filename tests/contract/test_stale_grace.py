@@ -61,8 +61,9 @@ def test_a_stale_part_is_served_at_once_and_refreshed_once(contract: Contract) -
     stats = cache.stats()
     assert (stats.hits, stats.stale_hits, stats.early_refreshes) == (2, 2, 1)
     database.gate.set()
-    contract.close_cache(cache)  # waits for the refresh
+    contract.close_cache(cache)  # waits for the refresh, pushes the counts
     assert database.calls == 2
+    assert int(contract.redis.hget(cache.keys.stats, "stale_hits")) == 2  # the fleet's stats
     for key in keys(cache):  # fresh again, with its grace
         assert contract.redis.pttl(key) > (TTL + GRACE - 60) * 1000
     other = contract.make(make_settings(stale_grace=GRACE))
