@@ -8,6 +8,7 @@ with ``PEXPIRE`` (what is left of a part), never waited for.
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -138,3 +139,25 @@ def test_a_warm_up_threshold_counts_from_the_ttl_not_the_grace(contract: Contrac
         contract.redis.pexpire(key, (GRACE + 30) * 1000)  # 30 s to live, then stale
     assert cache.warm_full_context(PHONE, COMPANY, database, 60) is WarmOutcome.WRITTEN
     assert database.calls == 2
+
+
+def test_xfetch_counts_down_the_ttl_not_the_grace(contract: Contract) -> None:
+    cache = contract.make(make_settings(stale_grace=GRACE))
+    calls: list[int] = []
+
+    def loader(phone: str, company_id: int) -> dict[str, Any]:
+        calls.append(1)
+        contract.clock.advance(2.0)  # each load takes 2 s of the fake clock: delta
+        return {"client": {"n": len(calls)}, "services": [len(calls)]}
+
+    cache.core.random = lambda: math.exp(-6)  # 2 s x 1 x 6 = 12 s of XFetch lead
+    cache.load_full_context(PHONE, COMPANY, loader)
+    for key in keys(cache):
+        contract.redis.pexpire(key, (GRACE + 30) * 1000)  # 30 s to live: not due
+    cache.load_full_context(PHONE, COMPANY, loader)
+    assert cache.stats().early_refreshes == 0
+    for key in keys(cache):
+        contract.redis.pexpire(key, (GRACE + 10) * 1000)  # 10 s to live (110 s in Redis): due
+    cache.load_full_context(PHONE, COMPANY, loader)
+    contract.close_cache(cache)
+    assert (cache.stats().early_refreshes, cache.stats().stale_hits, len(calls)) == (1, 0, 2)
