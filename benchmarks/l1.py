@@ -56,7 +56,7 @@ from benchmarks.common import (
     table,
     write_results,
 )
-from benchmarks.peers import DOGPILE_KEY, DOGPILE_LOCKS, dogpile_region
+from benchmarks.dogpile_peer import DOGPILE_KEY, DOGPILE_LOCKS, dogpile_region
 from ctxcache import CacheSettings, ContextCache
 from ctxcache.core.l1 import L1_MODES, freeze, thaw
 
