@@ -1,31 +1,42 @@
-"""Building the Redis client: short timeouts, no hidden retries, password from the settings."""
+"""Building the Redis client: short timeouts, no hidden retries, password from the settings.
+
+One URL picks the deployment: a standalone server (``redis://``, ``rediss://``,
+``unix://``), a Redis Cluster (``redis+cluster://``, redis-py's
+``RedisCluster``: it routes each command by slot and follows MOVED/ASK), or
+the master that Sentinel names (``redis+sentinel://``, ``Sentinel.master_for``:
+it asks the sentinels again after a failover). ctxcache has no routing of its
+own. :func:`primaries` gives one plain client per primary, for the views
+that must read them all (stats sizes, doctor, namespaces).
+"""
 
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode
 
 import redis
 from redis.backoff import NoBackoff
-from redis.connection import AbstractConnection
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import AbstractConnection, parse_url
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
+from ctxcache.errors import ConfigurationError
 from ctxcache.settings import CacheSettings
+from ctxcache.urls import RedisTarget, parse_cache_url
 
-__all__ = ["connect"]
+__all__ = ["connect", "connection_options", "is_cluster", "primaries"]
+
+logger = logging.getLogger("ctxcache")
+
+_NOT_CLUSTER = "cluster mode is not enabled"
 
 
-def connect(settings: CacheSettings, **overrides: Any) -> redis.Redis:
-    """A client for :attr:`CacheSettings.effective_redis_url`.
-
-    redis-py retries failed commands by default (three times, with backoff);
-    that would multiply the socket timeout a caller can wait, so retries are
-    off: the circuit breaker decides when to try again. The pool is created
-    lazily by redis-py: no connection is opened until the first command, so
-    a client built before a fork is safe as long as it is not used before it.
-    """
-    url = settings.effective_redis_url
+def connection_options(settings: CacheSettings) -> dict[str, Any]:
+    """What every connection of the cache gets, whatever the deployment."""
     options: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.connect_timeout,
@@ -38,8 +49,96 @@ def connect(settings: CacheSettings, **overrides: Any) -> redis.Redis:
         options["driver_info"] = None
     else:
         options.update(lib_name=None, lib_version=None)
-    if settings.redis_password is not None and urlsplit(url).password is None:
+    return options
+
+
+def connect(settings: CacheSettings, **overrides: Any) -> Any:
+    """A client for :attr:`CacheSettings.effective_redis_url`: ``redis.Redis`` or ``RedisCluster``.
+
+    redis-py retries failed commands by default (three times, with backoff);
+    that would multiply the socket timeout a caller can wait, so retries are
+    off: the circuit breaker decides when to try again. A standalone or
+    Sentinel pool connects lazily (safe to build before a fork); a Cluster
+    client reads the slot map at once, so a URL naming a server without
+    cluster mode fails here, naming ``CTXCACHE_REDIS_URL``.
+    """
+    url = settings.effective_redis_url
+    target = parse_cache_url(url)
+    options = connection_options(settings)
+    if settings.redis_password is not None and target.password is None:
         options["password"] = settings.redis_password.get_secret_value()
     options.update(overrides)
+    if target.topology == "cluster":
+        return _cluster(target, options)
+    if target.topology == "sentinel":
+        return _sentinel_master(target, options)
     pool = redis.ConnectionPool.from_url(url, **options)
     return redis.Redis(connection_pool=pool)
+
+
+def _node_options(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any]:
+    """The URL's credentials and query as connection arguments, read by redis-py's own parser."""
+    query = [(k, v) for k, v in target.options if not k.startswith("sentinel_") and k != "db"]
+    plain = "rediss" if target.tls else "redis"
+    kwargs = parse_url(f"{plain}://h:1/0?{urlencode(query)}" if query else f"{plain}://h:1/0")  # type: ignore[no-untyped-call]
+    for name in ("host", "port", "db", "connection_class"):
+        kwargs.pop(name, None)
+    if target.tls:
+        kwargs["ssl"] = True
+    if target.username:
+        kwargs["username"] = target.username
+    if target.password is not None:
+        kwargs["password"] = target.password
+    return {**kwargs, **options}
+
+
+def _cluster(target: RedisTarget, options: dict[str, Any]) -> RedisCluster:
+    kwargs = _node_options(target, options)
+    retry = kwargs.pop("retry")
+    nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
+    try:
+        return RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
+    except RedisClusterException as exc:
+        if _NOT_CLUSTER in str(exc).lower():
+            raise ConfigurationError(
+                "CTXCACHE_REDIS_URL: redis+cluster:// names a server without cluster mode"
+                f" ({exc}); use redis:// for a standalone server, redis+sentinel:// for"
+                " Sentinel",
+                variable="CTXCACHE_REDIS_URL",
+            ) from exc
+        raise ConfigurationError(
+            f"CTXCACHE_REDIS_URL: cannot read the cluster's slot map: {exc}; check that the"
+            " nodes answer and every slot is served (`redis-cli --cluster check <node>`,"
+            " `redis-cli --cluster fix <node>`)",
+            variable="CTXCACHE_REDIS_URL",
+        ) from exc
+
+
+def _sentinel_master(target: RedisTarget, options: dict[str, Any]) -> redis.Redis:
+    kwargs = _node_options(target, options)
+    query = dict(target.options)
+    sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith(("socket_", "ssl"))}
+    sentinel_kwargs["retry"] = kwargs["retry"]
+    if "sentinel_username" in query:
+        sentinel_kwargs["username"] = query["sentinel_username"]
+    if "sentinel_password" in query:
+        sentinel_kwargs["password"] = query["sentinel_password"]
+    sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    assert target.master_name is not None  # the URL's parser requires it
+    master: redis.Redis = sentinel.master_for(target.master_name, db=target.db, **kwargs)  # type: ignore[no-untyped-call]
+    return master
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is redis-py's ``RedisCluster`` (sync or asyncio)."""
+    return hasattr(client, "get_primaries") and hasattr(client, "get_redis_connection")
+
+
+def primaries(client: Any) -> list[redis.Redis]:
+    """One plain client per primary: the cluster's primaries, else ``client`` itself.
+
+    For SCAN, INFO and the like, which a Cluster answers per node.
+    """
+    if not is_cluster(client):
+        return [client]
+    return [client.get_redis_connection(node) for node in client.get_primaries()]

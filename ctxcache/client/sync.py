@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import redis
 
 from ctxcache.client.api import CacheMethods
-from ctxcache.client.connection import connect
-from ctxcache.client.steps import FlowRunner, queue_commands
+from ctxcache.client.connection import connect, is_cluster
+from ctxcache.client.steps import FlowRunner, check_routes, queue_commands
 from ctxcache.core.engine import CacheCore
 from ctxcache.core.layout import SectionLayout
 from ctxcache.core.steps import Background, CallLoader, Flow, Pause, RoundTrip, Step
@@ -59,6 +59,7 @@ class ContextCache(CacheMethods):
         self.settings = settings if settings is not None else CacheSettings.load()
         self.client = client
         self.core = CacheCore(self.settings, clock=clock, layout=layout, json_default=json_default)
+        self.core.cluster = is_cluster(client)
         self.keys = self.core.keys
         self.codec = self.core.codec
         self.breaker = self.core.breaker
@@ -110,8 +111,9 @@ class ContextCache(CacheMethods):
     def _answer(self, step: Step) -> Any:
         if isinstance(step, RoundTrip):
             pipe = self.client.pipeline(transaction=False)
-            queue_commands(pipe, step.commands)
-            return pipe.execute(raise_on_error=False)
+            checks = queue_commands(pipe, step.commands)
+            results = pipe.execute(raise_on_error=False)
+            return check_routes(pipe, checks, results) if checks else results
         if isinstance(step, CallLoader):
             return step.function(*step.args)
         if isinstance(step, Pause):

@@ -59,6 +59,10 @@ COUNTERS: Final[Mapping[str, tuple[str, str]]] = {
     "ctxcache_sets": ("sets", "Parts written: clients' parts and company sections."),
     "ctxcache_superseded": ("superseded", "Writes dropped: invalidated while loading."),
     "ctxcache_invalidations": ("invalidations", "Parts invalidated (and record updates)."),
+    "ctxcache_invalidations_unacknowledged": (
+        "unacknowledged",
+        "Invalidations no replica acknowledged in time (WAIT): not reported done, retried.",
+    ),
     "ctxcache_updates": ("updates", "Partial updates of one section."),
     "ctxcache_coalesced": ("coalesced", "Misses served by another caller's load."),
     "ctxcache_uncacheable": ("uncacheable", "Loaded contexts JSON cannot hold: not cached."),
