@@ -112,7 +112,9 @@ class LocalCluster:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis+cluster://{auth}127.0.0.1:{self.nodes[0].port},127.0.0.1:{self.nodes[1].port}"
+        return (
+            f"redis+cluster://{auth}127.0.0.1:{self.nodes[0].port},127.0.0.1:{self.nodes[1].port}"
+        )
 
     def start(self) -> None:
         for node in self.nodes:
@@ -177,7 +179,7 @@ class LocalCluster:
 
 
 class LocalSentinel:
-    """A master, its replica and 3 sentinels watching it (quorum 2) on 5 ports from ``first_port``."""
+    """A master, its replica and 3 sentinels (quorum 2) on 5 ports from ``first_port``."""
 
     def __init__(self, first_port: int, directory: Path) -> None:
         self.master_name = MASTER_NAME
@@ -222,7 +224,7 @@ class LocalSentinel:
         for sentinel in self.sentinels:
             if not sentinel.running:
                 continue
-            host, port = sentinel.client().sentinel_get_master_addr_by_name(self.master_name)
+            _host, port = sentinel.client().sentinel_get_master_addr_by_name(self.master_name)
             for server in self.servers:
                 if server.port == int(port):
                     return server
