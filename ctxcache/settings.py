@@ -194,7 +194,8 @@ class CacheSettings(BaseSettings):
     @model_validator(mode="after")
     def _consistent_ha(self) -> CacheSettings:
         # Checked here, at start-up, rather than when a worker connects.
-        if self.invalidation_wait_timeout >= self.socket_timeout:
+        explicit = "invalidation_wait_timeout" in self.model_fields_set  # else it adapts
+        if explicit and self.invalidation_wait_timeout >= self.socket_timeout:
             raise ConfigurationError(
                 "invalid ctxcache setting: CTXCACHE_INVALIDATION_WAIT_TIMEOUT: must be shorter"
                 f" than CTXCACHE_SOCKET_TIMEOUT ({self.socket_timeout:g} s), or the wait for"

@@ -215,6 +215,8 @@ class CacheCore:
         results: list[Any] = yield RoundTrip(commands, operation, target)
         unknown = [i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)]
         if unknown:
+            # A WAIT counts replicas of the writes before it: after scripts sent again, again.
+            unknown += [i for i, c in enumerate(commands) if c.name == "WAIT"]
             again = tuple(dataclasses.replace(commands[i], send_source=True) for i in unknown)
             retried: list[Any] = yield RoundTrip(again, operation, target)
             for i, result in zip(unknown, retried, strict=True):

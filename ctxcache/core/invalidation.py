@@ -156,6 +156,8 @@ def _replicated(
     it again is harmless).
     """
     waits = yield from wait_commands(core, commands)
+    if waits is None:
+        return None
     replies = yield from core.redis(operation, target, [*commands, *waits])
     if isinstance(replies, Unavailable):
         return None

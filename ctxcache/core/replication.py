@@ -16,11 +16,15 @@ for none on a server without replicas.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from ctxcache.core.steps import Command, Flow
+from redis import exceptions as redis_errors
+
+from ctxcache.core.breaker import BreakerState
+from ctxcache.core.steps import Command, Flow, RoundTrip
 
 if TYPE_CHECKING:
     from ctxcache.core.engine import CacheCore
@@ -28,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["ReplicaPolicy", "hash_tag", "wait_commands", "waits_acknowledged"]
 
 ROLE_RECHECK_SECONDS: Final = 60.0
+DEFAULT_WAIT_SHARE: Final = 0.5  # of the socket timeout, when no wait timeout is set
+
+logger = logging.getLogger("ctxcache")
 
 
 def hash_tag(key: str) -> str:
@@ -46,7 +53,11 @@ class ReplicaPolicy:
     def __init__(self, core: CacheCore) -> None:
         setting = core.settings.invalidation_replicas
         self.fixed: int | None = None if setting == "auto" else int(setting)
-        self.timeout_ms = max(1, int(core.settings.invalidation_wait_timeout * 1000))
+        settings = core.settings
+        timeout = settings.invalidation_wait_timeout
+        if "invalidation_wait_timeout" not in settings.model_fields_set:
+            timeout = min(timeout, settings.socket_timeout * DEFAULT_WAIT_SHARE)
+        self.timeout_ms = max(1, int(timeout * 1000))
         self._clock = core.clock
         self._lock = threading.Lock()
         self._replicas: int | None = None  # connected replicas ROLE reported
@@ -81,18 +92,22 @@ class ReplicaPolicy:
             self._replicas = None
 
 
-def wait_commands(core: CacheCore, commands: Sequence[Command]) -> Flow[list[Command]]:
-    """The ``WAIT`` commands that follow ``commands``: one per slot in a Cluster, else one."""
+def wait_commands(core: CacheCore, commands: Sequence[Command]) -> Flow[list[Command] | None]:
+    """The ``WAIT`` commands that follow ``commands``: one per slot in a Cluster, else one.
+
+    ``None`` when Redis did not answer the ``ROLE`` that ``auto`` needed (counted
+    like any failed call): the invalidation is then not tried.
+    """
     policy = core.replicas
     required = policy.known()
     routes = [command.keys[0] for command in commands if command.keys]
     if not routes:
         return []
     if required is None:
-        role = Command("ROLE", route=routes[0])
-        replies = yield from core.redis("ROLE", "replication", [role])
-        if isinstance(replies, list):
-            policy.learn(replies[0])
+        if core.breaker.state is BreakerState.CLOSED:  # else the invalidation is skipped anyway
+            reached = yield from _probe(core, routes[0])
+            if not reached:
+                return None
         required = policy.known()
         if required is None:  # ROLE failed: wait for one; a shortfall only costs a retry
             required = 1
@@ -106,6 +121,33 @@ def wait_commands(core: CacheCore, commands: Sequence[Command]) -> Flow[list[Com
     else:
         routes = routes[:1]
     return [Command("WAIT", (required, policy.timeout_ms), route=key) for key in routes]
+
+
+def _probe(core: CacheCore, route: str) -> Flow[bool]:
+    """Ask ``ROLE`` how many replicas the server has; a server that refuses it has none known.
+
+    ``False`` when Redis could not be reached (a failure for the breaker).
+    """
+    policy = core.replicas
+    try:
+        replies = yield RoundTrip((Command("ROLE", route=route),), "ROLE", "replication")
+    except redis_errors.RedisError as exc:
+        core.stats.add("errors")
+        core.breaker.record_failure()
+        logger.error("redis ROLE failed: %s", exc)
+        return False
+    reply = replies[0]
+    if isinstance(reply, redis_errors.ResponseError):
+        # ROLE disabled (a managed server's ACL, fakeredis): nothing to wait for that we know of.
+        logger.warning(
+            "ROLE refused (%s): invalidations do not wait for replicas; set"
+            " CTXCACHE_INVALIDATION_REPLICAS=1 to wait for one anyway",
+            reply,
+        )
+        policy.learn(None)
+    elif not isinstance(reply, Exception):
+        policy.learn(reply)
+    return True
 
 
 def waits_acknowledged(core: CacheCore, waits: Sequence[Command], replies: Sequence[Any]) -> bool:
