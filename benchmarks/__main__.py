@@ -16,6 +16,7 @@ SUITES: dict[str, str] = {
     "celery": "benchmarks.celery_tasks",
     "peers": "benchmarks.peers",
     "faults": "benchmarks.faults",
+    "asyncio": "benchmarks.aio",
 }
 
 

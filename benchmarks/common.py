@@ -91,6 +91,15 @@ def write_results(
     return out
 
 
+def publish(
+    suite: str, quick: bool, results: dict[str, Any], text: str, args: argparse.Namespace
+) -> None:
+    """Print a suite's report and write its figures (``--results`` or ``results/``)."""
+    print(text)
+    out = write_results(suite, quick, results, getattr(args, "results", None))
+    print(f"\nfigures written to {out}")
+
+
 def summary(ns: list[int]) -> dict[str, float]:
     ms = [n / 1e6 for n in ns]
     p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]

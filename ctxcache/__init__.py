@@ -1,6 +1,7 @@
 """ctxcache: a client's full dialog context cached in Redis, for every worker to share."""
 
 from importlib import metadata as _metadata
+from typing import TYPE_CHECKING, Any
 
 from ctxcache.client.sync import ContextCache
 from ctxcache.client.vip import VipRegistry
@@ -33,11 +34,15 @@ from ctxcache.settings import (
     CacheSettings,
 )
 
+if TYPE_CHECKING:
+    from ctxcache.client.aio import AsyncContextCache
+
 __all__ = [
     "DIALOG_CONTEXT_TTL",
     "FULL_CONTEXT_TTL",
     "GENERATION_UNKNOWN",
     "PREFERENCES_TTL",
+    "AsyncContextCache",
     "CacheSettings",
     "CacheStats",
     "CacheUnavailableError",
@@ -67,6 +72,16 @@ __all__ = [
     "thaw",
     "validate_company_id",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The asyncio client is imported on first use: sync programs never load it.
+    if name == "AsyncContextCache":
+        from ctxcache.client.aio import AsyncContextCache
+
+        return AsyncContextCache
+    raise AttributeError(f"module 'ctxcache' has no attribute {name!r}")
+
 
 try:  # the installed distribution's version; reading its metadata is the only work done here
     __version__: str = _metadata.version("ctxcache")

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ctxcache.errors import ConfigurationError
 
 __all__ = [
     "ContextLoader",
+    "LoaderResult",
     "SectionedLoader",
     "VipSource",
     "resolve_callable",
     "resolve_loader",
 ]
+
+
+LoaderResult = Mapping[str, Any] | None
+"""What a loader returns: a JSON object, or ``None`` for a client the database does not know."""
 
 
 @runtime_checkable
@@ -25,9 +30,13 @@ class ContextLoader(Protocol):
     Returns a JSON object (a mapping of str keys to JSON values), or ``None``
     for a client the database does not know (nothing is cached then). The
     cache splits the result into the client's part and the company sections.
+    :class:`~ctxcache.AsyncContextCache` also takes a coroutine function
+    (awaited on the loop); a plain function runs in a thread there.
     """
 
-    def __call__(self, phone: str, company_id: int, /) -> Mapping[str, Any] | None: ...
+    def __call__(
+        self, phone: str, company_id: int, /
+    ) -> LoaderResult | Awaitable[LoaderResult]: ...
 
 
 @runtime_checkable
@@ -45,7 +54,7 @@ class SectionedLoader(Protocol):
 
     def load_company_sections(
         self, company_id: int, sections: Sequence[str], /
-    ) -> Mapping[str, Any]:
+    ) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]]:
         """Each of the named company sections (a company that lacks one returns it empty)."""
         ...
 

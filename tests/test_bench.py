@@ -58,7 +58,7 @@ def run(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_core_runs_on_the_url_given_to_ctxcache_and_leaves_the_users_keys(
+def test_core_and_asyncio_run_on_the_url_given_and_leave_the_users_keys(
     spare_redis: SpareRedis, tmp_path: Path
 ) -> None:
     theirs = seed(spare_redis.port)
@@ -72,6 +72,13 @@ def test_core_runs_on_the_url_given_to_ctxcache_and_leaves_the_users_keys(
     assert figures["environment"]["redis_url"] == url  # --url reached the benchmark
     assert figures["memory"]["ctxcache"]["used_memory_delta"] > 0  # it did write, there
     assert figures["round_trips"]["pass"]
+    result = run(
+        "-m", "benchmarks", "asyncio", "--quick", "--url", url, "--results", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads((tmp_path / "asyncio.quick.json").read_text())
+    assert set(figures["hits_per_second"]) == {"asyncio", "threads_100", "threads_8"}
+    assert all(f["median"] > 0 for f in figures["hits_per_second"].values())
     assert everything(spare_redis.port) == theirs
 
 

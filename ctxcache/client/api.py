@@ -11,25 +11,42 @@ the async client.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Self,
+    TypedDict,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 from redis import exceptions as redis_errors
 
+from ctxcache.client.connection import is_cluster
 from ctxcache.core import invalidation, loads, reads, records, refresh, writes
 from ctxcache.core.engine import CacheCore, Identity, Unavailable
 from ctxcache.core.invalidation import EnsureOutcome, Invalidation
 from ctxcache.core.keys import ClientKeys
+from ctxcache.core.layout import SectionLayout
 from ctxcache.core.loads import Loader
 from ctxcache.core.refresh import WarmOutcome
 from ctxcache.core.stats import CacheStats
 from ctxcache.core.steps import Command, Flow, RoundTrip
+from ctxcache.core.wire import JsonDefault
 from ctxcache.protocols import SectionedLoader
+from ctxcache.settings import CacheSettings
 
 if TYPE_CHECKING:
+    from ctxcache.client.aio import AsyncContextCache
     from ctxcache.client.sync import ContextCache
 
-__all__ = ["CacheMethods", "api"]
+__all__ = ["CacheMethods", "CoreOptions", "api"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -52,7 +69,7 @@ class api(Generic[P, T]):
 
     @overload
     def __get__(
-        self, client: CacheMethods, owner: type[Any]
+        self, client: AsyncContextCache, owner: type[Any]
     ) -> Callable[P, Coroutine[Any, Any, T]]: ...
 
     def __get__(self, client: Any, owner: type[Any]) -> Any:
@@ -60,17 +77,78 @@ class api(Generic[P, T]):
             return self
         method = self.method
 
+        # ``run`` is a plain method of the sync client and a coroutine function
+        # of the asyncio one: the same line returns a result or a coroutine.
         @functools.wraps(method)
         def bound(*args: Any, **kwargs: Any) -> Any:
-            return client.run(method(client, *args, **kwargs))
+            return client.run(_deferred(method, client, args, kwargs))
 
         return bound
 
 
-class CacheMethods:
-    """What both clients offer; a subclass supplies ``run`` (and the I/O behind it)."""
+def _deferred(
+    method: Callable[..., Flow[T]], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Flow[T]:
+    """The method's flow, made when first advanced: bad input raises where the call is run
+    (on ``await`` for the asyncio client), never while a coroutine is being created."""
+    return (yield from method(client, *args, **kwargs))
 
-    core: CacheCore
+
+class CoreOptions(TypedDict, total=False):
+    """The core's options that both clients take as keywords.
+
+    ``clock`` is injected by tests; ``layout`` and ``json_default`` override
+    ``CTXCACHE_COMPANY_SECTIONS`` and ``CTXCACHE_JSON_DEFAULT``.
+    """
+
+    clock: Callable[[], float]
+    layout: SectionLayout | None
+    json_default: JsonDefault | None
+
+
+class CacheMethods:
+    """What both clients offer; a subclass supplies ``run`` (and the I/O behind it).
+
+    It also holds what both set up alike: the core (settings, layouts, codec,
+    breaker, counters) and the constructors from the settings or a URL, which
+    build the subclass's kind of redis-py client with its ``_connect``.
+    """
+
+    @staticmethod
+    def _connect(settings: CacheSettings) -> Any:
+        """The subclass's redis-py client for ``settings``."""
+        raise NotImplementedError
+
+    def __init__(
+        self,
+        client: Any,
+        settings: CacheSettings | None = None,
+        **options: Unpack[CoreOptions],
+    ) -> None:
+        self.settings = settings if settings is not None else CacheSettings.load()
+        self.client = client
+        self.core = CacheCore(
+            self.settings,
+            clock=options.get("clock", time.monotonic),
+            layout=options.get("layout"),
+            json_default=options.get("json_default"),
+        )
+        self.core.cluster = is_cluster(client)  # a Cluster waits for replicas slot by slot
+        self.keys = self.core.keys
+        self.codec = self.core.codec
+        self.breaker = self.core.breaker
+
+    @classmethod
+    def from_settings(cls, settings: CacheSettings | None = None, **kwargs: Any) -> Self:
+        """A cache configured from ``CTXCACHE_*`` environment variables (or ``settings``)."""
+        settings = settings if settings is not None else CacheSettings.load()
+        return cls(cls._connect(settings), settings, **kwargs)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """A cache on ``url``; other settings come from the environment."""
+        settings = CacheSettings.load(redis_url=url)
+        return cls(cls._connect(settings), settings, **kwargs)
 
     # -- the spec's API -----------------------------------------------------------------
 

@@ -7,14 +7,16 @@ the master that Sentinel names (``redis+sentinel://``, ``Sentinel.master_for``:
 it asks the sentinels again after a failover). ctxcache has no routing of its
 own. :func:`primaries` gives one plain client per primary, for the views
 that must read them all (stats sizes, doctor, namespaces).
+
+The blocking and the asyncio client get the same options from one place,
+:func:`connection_options`; only the classes differ.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
-from typing import Any
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -28,19 +30,36 @@ from ctxcache.errors import ConfigurationError
 from ctxcache.settings import CacheSettings
 from ctxcache.urls import RedisTarget, parse_cache_url
 
-__all__ = ["connect", "connection_options", "is_cluster", "primaries"]
+if TYPE_CHECKING:
+    from redis import asyncio as aioredis
 
-logger = logging.getLogger("ctxcache")
+__all__ = ["connect", "connect_async", "connection_options", "is_cluster", "primaries"]
 
 _NOT_CLUSTER = "cluster mode is not enabled"
 
 
-def connection_options(settings: CacheSettings) -> dict[str, Any]:
-    """What every connection of the cache gets, whatever the deployment."""
+def connection_options(
+    settings: CacheSettings, *, asyncio: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """The URL and the pool options of :attr:`CacheSettings.effective_redis_url`.
+
+    redis-py retries failed commands by default (three times, with backoff);
+    that would multiply the socket timeout a caller can wait, so retries are
+    off: the circuit breaker decides when to try again. ``asyncio`` picks
+    redis-py's asyncio ``Retry`` (its own class, awaited).
+    """
+    url = settings.effective_redis_url
+    retry: Any
+    if asyncio:
+        from redis.asyncio.retry import Retry as AsyncRetry  # only asyncio users pay for it
+
+        retry = AsyncRetry(NoBackoff(), 0)
+    else:
+        retry = Retry(NoBackoff(), 0)
     options: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.connect_timeout,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": retry,
         "client_name": "ctxcache",
     }
     # No CLIENT SETINFO on connect: two fewer round trips before the first
@@ -49,31 +68,61 @@ def connection_options(settings: CacheSettings) -> dict[str, Any]:
         options["driver_info"] = None
     else:
         options.update(lib_name=None, lib_version=None)
-    return options
+    if settings.redis_password is not None and urlsplit(url).password is None:
+        options["password"] = settings.redis_password.get_secret_value()
+    return url, options
 
 
 def connect(settings: CacheSettings, **overrides: Any) -> Any:
-    """A client for :attr:`CacheSettings.effective_redis_url`: ``redis.Redis`` or ``RedisCluster``.
+    """A blocking client for the URL: ``redis.Redis`` (standalone, Sentinel) or ``RedisCluster``.
 
-    redis-py retries failed commands by default (three times, with backoff);
-    that would multiply the socket timeout a caller can wait, so retries are
-    off: the circuit breaker decides when to try again. A standalone or
-    Sentinel pool connects lazily (safe to build before a fork); a Cluster
-    client reads the slot map at once, so a URL naming a server without
-    cluster mode fails here, naming ``CTXCACHE_REDIS_URL``.
+    A standalone or Sentinel pool connects lazily: no connection is opened
+    until the first command, so a client built before a fork is safe as long
+    as it is not used before it. A Cluster client reads the slot map at once,
+    so a URL naming a server without cluster mode fails here, naming
+    ``CTXCACHE_REDIS_URL``.
     """
-    url = settings.effective_redis_url
-    target = parse_cache_url(url)
-    options = connection_options(settings)
-    if settings.redis_password is not None and target.password is None:
-        options["password"] = settings.redis_password.get_secret_value()
+    url, options = connection_options(settings)
     options.update(overrides)
+    target = parse_cache_url(url)
     if target.topology == "cluster":
         return _cluster(target, options)
     if target.topology == "sentinel":
         return _sentinel_master(target, options)
     pool = redis.ConnectionPool.from_url(url, **options)
     return redis.Redis(connection_pool=pool)
+
+
+def connect_async(settings: CacheSettings, **overrides: Any) -> Any:
+    """An asyncio client (``redis.asyncio``) with the same options as :func:`connect`.
+
+    Its connections belong to the event loop that first uses them. Every
+    kind connects lazily, a Cluster's slot map included (read at the first
+    command).
+    """
+    from redis import asyncio as aioredis
+
+    url, options = connection_options(settings, asyncio=True)
+    options.update(overrides)
+    target = parse_cache_url(url)
+    if target.topology == "cluster":
+        from redis.asyncio.cluster import ClusterNode as AsyncNode
+        from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+        kwargs = _node_options(target, options)
+        retry = kwargs.pop("retry")
+        nodes = [AsyncNode(host, port) for host, port in target.nodes]
+        return AsyncCluster(startup_nodes=nodes, retry=retry, **kwargs)
+    if target.topology == "sentinel":
+        from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+        kwargs = _node_options(target, options)
+        sentinel = AsyncSentinel(list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, kwargs))
+        assert target.master_name is not None  # the URL's parser requires it
+        master: aioredis.Redis = sentinel.master_for(target.master_name, db=target.db, **kwargs)
+        return master
+    pool = aioredis.ConnectionPool.from_url(url, **options)
+    return aioredis.Redis(connection_pool=pool)
 
 
 def _node_options(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any]:
@@ -114,8 +163,8 @@ def _cluster(target: RedisTarget, options: dict[str, Any]) -> RedisCluster:
         ) from exc
 
 
-def _sentinel_master(target: RedisTarget, options: dict[str, Any]) -> redis.Redis:
-    kwargs = _node_options(target, options)
+def _sentinel_kwargs(target: RedisTarget, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """How to talk to the sentinels: the same timeouts and TLS, their own credentials."""
     query = dict(target.options)
     sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith(("socket_", "ssl"))}
     sentinel_kwargs["retry"] = kwargs["retry"]
@@ -123,6 +172,12 @@ def _sentinel_master(target: RedisTarget, options: dict[str, Any]) -> redis.Redi
         sentinel_kwargs["username"] = query["sentinel_username"]
     if "sentinel_password" in query:
         sentinel_kwargs["password"] = query["sentinel_password"]
+    return sentinel_kwargs
+
+
+def _sentinel_master(target: RedisTarget, options: dict[str, Any]) -> redis.Redis:
+    kwargs = _node_options(target, options)
+    sentinel_kwargs = _sentinel_kwargs(target, kwargs)
     sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
     assert target.master_name is not None  # the URL's parser requires it
     master: redis.Redis = sentinel.master_for(target.master_name, db=target.db, **kwargs)  # type: ignore[no-untyped-call]

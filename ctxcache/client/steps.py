@@ -1,8 +1,18 @@
-"""What the sync and the asyncio client share to run the core's flows."""
+"""What the sync and the asyncio client share to run the core's flows.
+
+A shell's whole loop is::
+
+    runner = FlowRunner(flow)
+    while (step := runner.next()) is not None:
+        with runner:  # an exception becomes the step's answer: the flow decides
+            runner.answer = <do step>          # (awaited in the asyncio client)
+    return runner.result
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ClusterError
@@ -20,15 +30,25 @@ T = TypeVar("T")
 class FlowRunner(Generic[T]):
     """Advances a flow: hands it the answer (or error) of its last step, returns the next.
 
-    :attr:`result` holds the flow's return value once :meth:`advance`
-    returned ``None``.
+    Used as a context manager around doing a step, it catches whatever the
+    step raised (``BaseException`` too: an interrupt or a cancellation must
+    still let the flow release its locks) and throws it into the flow on the
+    next :meth:`next`. :attr:`result` holds the flow's return value once
+    :meth:`next` returned ``None``.
     """
+
+    __slots__ = ("_flow", "_result", "answer", "error")
 
     def __init__(self, flow: Flow[T]) -> None:
         self._flow = flow
         self._result: Any = None
+        self.answer: Any = None
+        self.error: BaseException | None = None
 
-    def advance(self, answer: Any, error: BaseException | None) -> Step | None:
+    def next(self) -> Step | None:
+        """The flow's next step, given the last one's outcome; ``None`` once it returned."""
+        answer, error = self.answer, self.error
+        self.answer = self.error = None
         try:
             if error is not None:
                 return self._flow.throw(error)
@@ -36,6 +56,18 @@ class FlowRunner(Generic[T]):
         except StopIteration as stop:
             self._result = stop.value
             return None
+
+    def __enter__(self) -> FlowRunner[T]:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self.error = error
+        return error is not None
 
     @property
     def result(self) -> T:
@@ -50,11 +82,11 @@ def queue_commands(pipe: Any, commands: Iterable[Command]) -> list[RouteCheck]:
     (``Command.route``) reached the primary its key's slot still has.
     """
     checks: list[RouteCheck] = []
-    cluster = hasattr(pipe, "get_node_from_key")
+    cluster = _cluster_of(pipe)
     for position, command in enumerate(commands):
         script = command.script
-        if command.route is not None and cluster:
-            node = pipe.get_node_from_key(command.route)
+        if command.route is not None and cluster is not None:
+            node = cluster.get_node_from_key(command.route)
             checks.append((position, command.route, node.name))
             pipe.execute_command(command.name, *command.args, target_nodes=node)
         elif script is None:
@@ -76,7 +108,14 @@ def check_routes(pipe: Any, checks: list[RouteCheck], results: list[Any]) -> lis
     A ``WAIT`` on the old primary of a slot that failed over or was resharded
     counted replicas of writes that went elsewhere: it proves nothing.
     """
+    cluster = _cluster_of(pipe)
     for position, key, name in checks:
-        if pipe.get_node_from_key(key).name != name:
+        if cluster is not None and cluster.get_node_from_key(key).name != name:
             results[position] = ClusterError(f"the slot of {key!r} moved during the trip")
     return results
+
+
+def _cluster_of(pipe: Any) -> Any:
+    """The ``RedisCluster`` behind a Cluster pipeline (sync or asyncio), else None."""
+    client = getattr(pipe, "cluster_client", pipe)  # the asyncio pipeline keeps its client
+    return client if hasattr(client, "get_node_from_key") else None

@@ -8,21 +8,19 @@ small thread pool.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import redis
 
-from ctxcache.client.api import CacheMethods
-from ctxcache.client.connection import connect, is_cluster
+from ctxcache.client.api import CacheMethods, CoreOptions
+from ctxcache.client.connection import connect
 from ctxcache.client.steps import FlowRunner, check_routes, queue_commands
-from ctxcache.core.engine import CacheCore
-from ctxcache.core.layout import SectionLayout
 from ctxcache.core.steps import Background, CallLoader, Flow, Pause, RoundTrip, Step
-from ctxcache.core.wire import JsonDefault
 from ctxcache.settings import CacheSettings
 
 __all__ = ["ContextCache"]
@@ -40,15 +38,15 @@ class ContextCache(CacheMethods):
     also a ``ValueError``. Thread-safe: share one instance per process.
     """
 
+    _connect = staticmethod(connect)
+
     def __init__(
         self,
         client: RedisClient,
         settings: CacheSettings | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        layout: SectionLayout | None = None,
-        json_default: JsonDefault | None = None,
+        **options: Unpack[CoreOptions],
     ) -> None:
         """Wrap a redis-py client (built without ``decode_responses``).
 
@@ -56,28 +54,10 @@ class ContextCache(CacheMethods):
         ``sleep`` are injected by tests; ``layout`` and ``json_default``
         override ``CTXCACHE_COMPANY_SECTIONS`` and ``CTXCACHE_JSON_DEFAULT``.
         """
-        self.settings = settings if settings is not None else CacheSettings.load()
-        self.client = client
-        self.core = CacheCore(self.settings, clock=clock, layout=layout, json_default=json_default)
-        self.core.cluster = is_cluster(client)
-        self.keys = self.core.keys
-        self.codec = self.core.codec
-        self.breaker = self.core.breaker
+        super().__init__(client, settings, **options)
         self._sleep = sleep
         self._background: ThreadPoolExecutor | None = None
         self._background_lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: CacheSettings | None = None, **kwargs: Any) -> ContextCache:
-        """A cache configured from ``CTXCACHE_*`` environment variables (or ``settings``)."""
-        settings = settings if settings is not None else CacheSettings.load()
-        return cls(connect(settings), settings, **kwargs)
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> ContextCache:
-        """A cache on ``url``; other settings come from the environment."""
-        settings = CacheSettings.load(redis_url=url)
-        return cls(connect(settings), settings, **kwargs)
 
     def close(self) -> None:
         """Push the last counts, stop background refreshes, close the connections."""
@@ -98,14 +78,9 @@ class ContextCache(CacheMethods):
     def run(self, flow: Flow[T]) -> T:
         """Run a flow of the core to its end with blocking I/O."""
         runner = FlowRunner(flow)
-        answer: Any = None
-        error: BaseException | None = None
-        while (step := runner.advance(answer, error)) is not None:
-            answer, error = None, None
-            try:
-                answer = self._answer(step)
-            except BaseException as exc:  # the flow decides (fail-open, release locks)
-                error = exc
+        while (step := runner.next()) is not None:
+            with runner:  # what a step raises goes to the flow (fail-open, release locks)
+                runner.answer = self._answer(step)
         return runner.result
 
     def _answer(self, step: Step) -> Any:
@@ -115,7 +90,7 @@ class ContextCache(CacheMethods):
             results = pipe.execute(raise_on_error=False)
             return check_routes(pipe, checks, results) if checks else results
         if isinstance(step, CallLoader):
-            return step.function(*step.args)
+            return _call_loader(step)
         if isinstance(step, Pause):
             self._sleep(step.seconds)
             return None
@@ -151,3 +126,15 @@ class ContextCache(CacheMethods):
             raise
         self.breaker.record_success()
         return result
+
+
+def _call_loader(step: CallLoader) -> Any:
+    result = step.function(*step.args)
+    if inspect.isawaitable(result):  # an async loader: this client cannot await it
+        if inspect.iscoroutine(result):
+            result.close()  # no "never awaited" warning on top of the error
+        raise TypeError(
+            f"the loader {step.function!r} is asynchronous: ContextCache calls plain"
+            " functions; await it with AsyncContextCache"
+        )
+    return result
