@@ -48,6 +48,12 @@ def _wait(what: str, check: object, timeout: float = START_TIMEOUT) -> None:
     raise RuntimeError(f"{what} not ready after {timeout:g} s (last error: {last})")
 
 
+def _link_up(server: ServerProcess, password: str | None = None) -> bool:
+    """A replica whose link to its master is up (its initial sync done)."""
+    info = server.client(password=password).info("replication")
+    return info.get("role") == "master" or info.get("master_link_status") == "up"
+
+
 class ServerProcess:
     """One redis-server (or sentinel) on ``127.0.0.1:<port>``; SIGKILL and restart at will."""
 
@@ -152,6 +158,9 @@ class LocalCluster:
         for node in self.primaries():
             role = self.admin(node).execute_command("ROLE")
             out.append(len(role[2]) >= 1)
+        for node in self.nodes:  # every replica has finished its sync: it acknowledges writes
+            if node.running and node not in self.primaries():
+                out.append(_link_up(node, self.password))
         return out
 
     def primaries(self) -> list[ServerProcess]:
@@ -239,6 +248,8 @@ class LocalSentinel:
                 return False
             role = master.client().execute_command("ROLE")
             if role[0] != b"master" or len(role[2]) < 1:
+                return False
+            if not all(_link_up(s) for s in self.servers if s is not master and s.running):
                 return False
             for sentinel in self.sentinels:
                 info = sentinel.client().sentinel_master(self.master_name)

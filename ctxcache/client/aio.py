@@ -16,8 +16,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, Unpack
 
+from redis.exceptions import RedisClusterException
+
 from ctxcache.client.api import CacheMethods, CoreOptions
-from ctxcache.client.connection import connect_async
+from ctxcache.client.connection import cluster_failure, connect_async
 from ctxcache.client.steps import FlowRunner, check_routes, queue_commands
 from ctxcache.core.steps import Background, CallLoader, Flow, Pause, RoundTrip, Step
 from ctxcache.settings import CacheSettings
@@ -89,8 +91,11 @@ class AsyncContextCache(CacheMethods):
 
     async def _answer(self, step: Step) -> Any:
         if isinstance(step, RoundTrip):
-            if self.core.cluster and any(c.route is not None for c in step.commands):
-                await self.client.initialize()  # a routed command needs the slot map (lazy)
+            if self.core.cluster:
+                try:  # the slot map is read at the first use; a routed command needs it
+                    await self.client.initialize()
+                except RedisClusterException as exc:
+                    raise cluster_failure(exc) from exc
             pipe = self.client.pipeline(transaction=False)
             checks = queue_commands(pipe, step.commands)
             results = await pipe.execute(raise_on_error=False)

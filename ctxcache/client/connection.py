@@ -15,6 +15,9 @@ The blocking and the asyncio client get the same options from one place,
 from __future__ import annotations
 
 import inspect
+import logging
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -33,9 +36,19 @@ from ctxcache.urls import RedisTarget, parse_cache_url
 if TYPE_CHECKING:
     from redis import asyncio as aioredis
 
-__all__ = ["connect", "connect_async", "connection_options", "is_cluster", "primaries"]
+__all__ = [
+    "LateCluster",
+    "cluster_failure",
+    "connect",
+    "connect_async",
+    "connection_options",
+    "is_cluster",
+    "primaries",
+]
 
 _NOT_CLUSTER = "cluster mode is not enabled"
+
+logger = logging.getLogger("ctxcache")
 
 
 def connection_options(
@@ -117,7 +130,8 @@ def connect_async(settings: CacheSettings, **overrides: Any) -> Any:
         from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
         kwargs = _node_options(target, options)
-        sentinel = AsyncSentinel(list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, kwargs))
+        watchers = _sentinel_kwargs(target, kwargs)
+        sentinel = AsyncSentinel(list(target.nodes), sentinel_kwargs=watchers)  # type: ignore[no-untyped-call]
         assert target.master_name is not None  # the URL's parser requires it
         master: aioredis.Redis = sentinel.master_for(target.master_name, db=target.db, **kwargs)
         return master
@@ -141,26 +155,80 @@ def _node_options(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any
     return {**kwargs, **options}
 
 
-def _cluster(target: RedisTarget, options: dict[str, Any]) -> RedisCluster:
+def _cluster(target: RedisTarget, options: dict[str, Any]) -> Any:
+    """``RedisCluster`` now, or (nodes unreachable) a :class:`LateCluster` that builds it later."""
     kwargs = _node_options(target, options)
     retry = kwargs.pop("retry")
     nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
+
+    def build() -> RedisCluster:
+        try:
+            return RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
+        except RedisClusterException as exc:
+            raise cluster_failure(exc) from exc
+
     try:
-        return RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
-    except RedisClusterException as exc:
-        if _NOT_CLUSTER in str(exc).lower():
-            raise ConfigurationError(
-                "CTXCACHE_REDIS_URL: redis+cluster:// names a server without cluster mode"
-                f" ({exc}); use redis:// for a standalone server, redis+sentinel:// for"
-                " Sentinel",
-                variable="CTXCACHE_REDIS_URL",
-            ) from exc
-        raise ConfigurationError(
-            f"CTXCACHE_REDIS_URL: cannot read the cluster's slot map: {exc}; check that the"
-            " nodes answer and every slot is served (`redis-cli --cluster check <node>`,"
-            " `redis-cli --cluster fix <node>`)",
+        return build()
+    except redis.ConnectionError as exc:
+        logger.error("cannot read the cluster's slot map yet (%s): will try again when used", exc)
+        return LateCluster(build)
+
+
+def cluster_failure(exc: RedisClusterException) -> Exception:
+    """What a Cluster client's start-up error means: a wrong URL, or nodes not reachable (yet).
+
+    A URL naming a server without cluster mode is a :class:`ConfigurationError`
+    naming ``CTXCACHE_REDIS_URL``; anything else (nodes down, slots not all
+    served) a ``ConnectionError``, which the cache's calls fail open on.
+    """
+    if _NOT_CLUSTER in str(exc).lower():
+        return ConfigurationError(
+            "CTXCACHE_REDIS_URL: redis+cluster:// names a server without cluster mode"
+            f" ({exc}); use redis:// for a standalone server, redis+sentinel:// for Sentinel",
             variable="CTXCACHE_REDIS_URL",
-        ) from exc
+        )
+    return redis.ConnectionError(
+        f"cannot read the cluster's slot map: {exc} (`redis-cli --cluster check <node>`;"
+        " unserved slots: `redis-cli --cluster fix <node>`)"
+    )
+
+
+class LateCluster:
+    """A ``RedisCluster`` built at its first use: its nodes did not answer at start-up.
+
+    Until they do, each use raises ``ConnectionError`` (the cache fails open
+    and its breaker spaces the attempts out).
+    """
+
+    connection_pool = None  # as RedisCluster: a pool per node, none of its own
+
+    def __init__(self, build: Callable[[], RedisCluster]) -> None:
+        self._build = build
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> RedisCluster:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    # Defined here, not only through __getattr__: is_cluster() must not build it.
+    def get_primaries(self) -> Any:
+        return self._get().get_primaries()  # type: ignore[no-untyped-call]
+
+    def get_redis_connection(self, node: Any) -> Any:
+        return self._get().get_redis_connection(node)
+
+    def get_node_from_key(self, key: str) -> Any:
+        return self._get().get_node_from_key(key)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
 
 
 def _sentinel_kwargs(target: RedisTarget, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -185,8 +253,8 @@ def _sentinel_master(target: RedisTarget, options: dict[str, Any]) -> redis.Redi
 
 
 def is_cluster(client: Any) -> bool:
-    """Whether ``client`` is redis-py's ``RedisCluster`` (sync or asyncio)."""
-    return hasattr(client, "get_primaries") and hasattr(client, "get_redis_connection")
+    """Whether ``client`` is redis-py's ``RedisCluster`` (sync or asyncio), or a LateCluster."""
+    return hasattr(type(client), "get_primaries") and hasattr(type(client), "get_node_from_key")
 
 
 def primaries(client: Any) -> list[redis.Redis]:
