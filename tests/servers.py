@@ -142,14 +142,16 @@ class LocalCluster:
     def admin(self, node: ServerProcess) -> redis.Redis:
         return node.client(password=self.password)
 
-    def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
-        """Every running node says ``cluster_state:ok``; 3 primaries with a replica each."""
+    def wait_healthy(self, timeout: float = START_TIMEOUT, *, replicas: bool = True) -> None:
+        """Every running node says ``cluster_state:ok``; 3 primaries (with a replica each)."""
 
         def healthy() -> bool:
             for node in self.nodes:
                 if node.running and self.admin(node).cluster("info")["cluster_state"] != "ok":
                     return False
-            return len(self.primaries()) == 3 and all(self._replicas_of_primaries())
+            if len(self.primaries()) != 3:
+                return False
+            return not replicas or all(self._replicas_of_primaries())
 
         _wait("the cluster", healthy, timeout)
 

@@ -96,9 +96,12 @@ class AsyncContextCache(CacheMethods):
                     await self.client.initialize()
                 except RedisClusterException as exc:
                     raise cluster_failure(exc) from exc
-            pipe = self.client.pipeline(transaction=False)
-            checks = queue_commands(pipe, step.commands)
-            results = await pipe.execute(raise_on_error=False)
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                checks = queue_commands(pipe, step.commands)
+                results = await pipe.execute(raise_on_error=False)
+            except RedisClusterException as exc:  # a slot map being rebuilt: Redis unusable
+                raise cluster_failure(exc) from exc
             return check_routes(pipe, checks, results) if checks else results
         if isinstance(step, CallLoader):
             return await _call_loader(step.function, step.args)

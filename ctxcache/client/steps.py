@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from redis.exceptions import ClusterError
+from redis.exceptions import ClusterError, RedisClusterException
 
 from ctxcache.core.steps import Command, Flow, Step
 
@@ -110,7 +110,11 @@ def check_routes(pipe: Any, checks: list[RouteCheck], results: list[Any]) -> lis
     """
     cluster = _cluster_of(pipe)
     for position, key, name in checks:
-        if cluster is not None and cluster.get_node_from_key(key).name != name:
+        try:
+            now = cluster.get_node_from_key(key).name if cluster is not None else name
+        except RedisClusterException:  # the slot has no primary right now (a failover)
+            now = None
+        if now != name:
             results[position] = ClusterError(f"the slot of {key!r} moved during the trip")
     return results
 
