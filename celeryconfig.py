@@ -11,6 +11,7 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from ctxcache.settings import CacheSettings
+from ctxcache.urls import broker_tls
 
 INVALIDATE_QUEUE = "ctxcache.invalidate"
 WARMUP_QUEUE = "ctxcache.warmup"
@@ -22,6 +23,10 @@ _settings = CacheSettings.load()
 # In production give the broker its own server: an LRU-evicting cache may evict
 # broker keys (queued invalidations).
 broker_url = _settings.effective_broker_url
+# A rediss:// broker named by CTXCACHE_BROKER_URL gets the CTXCACHE_TLS_* files too
+# (the derived URL carries them in its query already); the server is always verified.
+if _settings.broker_url and broker_url.startswith("rediss://"):
+    broker_use_ssl = broker_tls(_settings.tls_options())
 
 
 def restore_cadence(visibility_timeout: float) -> dict[str, Any]:

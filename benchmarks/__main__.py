@@ -17,6 +17,7 @@ SUITES: dict[str, str] = {
     "peers": "benchmarks.peers",
     "faults": "benchmarks.faults",
     "asyncio": "benchmarks.aio",
+    "security": "benchmarks.security",
     "scaleout": "benchmarks.scaleout",
 }
 

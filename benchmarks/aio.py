@@ -21,7 +21,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +29,6 @@ import redis
 
 from benchmarks.common import (
     NAMESPACE,
-    bench_cache,
     bench_url,
     delete_bench_keys,
     load_fixture,
@@ -44,6 +43,10 @@ PHONE = "+79001234567"
 COMPANY_ID = 962302
 COROUTINES = 100
 THREAD_POOLS = (100, 8)
+# copy (the default): each caller gets its own copy of the cached context, so a
+# hit's CPU is mostly that copy; shared: read-only sections, no copy, so a hit
+# is mostly its one round trip, where the I/O model shows.
+L1_MODES = ("copy", "shared")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,55 +55,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rounds, seconds = (3, 0.25) if quick else (7, 2.0)
     url = bench_url(args)
     fixture, raw_json, context = load_fixture()
+    method = {
+        "rounds": rounds,
+        "round_seconds": seconds,
+        "coroutines": COROUTINES,
+        "thread_pools": list(THREAD_POOLS),
+        "order": "ABBA interleaved rounds",
+        "l1_modes": list(L1_MODES),
+    }
     admin = redis.Redis.from_url(url)
     delete_bench_keys(admin)  # an interrupted run's
-    settings = CacheSettings.load(redis_url=url, key_prefix=NAMESPACE)
-    sync_cache = bench_cache(url)
     try:
+        env = environment(admin, url, fixture, len(raw_json))
+        results: dict[str, Any] = {"suite": "asyncio", "quick": quick, "environment": env}
+        results.update(method=method, l1_modes={})
         with one_cpu() as cpu:
-            assert sync_cache.set_cached_full_context(PHONE, COMPANY_ID, context)
-            contenders = {"asyncio": "async", **{f"threads_{n}": n for n in THREAD_POOLS}}
-            per_round: dict[str, list[float]] = {name: [] for name in contenders}
-            with asyncio.Runner() as runner:
-                async_cache = runner.run(open_async(settings))
-                try:
-                    for index in range(rounds):
-                        order = list(contenders.items())
-                        for name, how in order if index % 2 == 0 else reversed(order):
-                            if how == "async":
-                                rate = runner.run(async_hits(async_cache, context, seconds))
-                            else:
-                                rate = thread_hits(sync_cache, context, int(how), seconds)
-                            per_round[name].append(rate)
-                finally:
-                    runner.run(async_cache.aclose())
-        medians = {name: statistics.median(rates) for name, rates in per_round.items()}
-        best_threads = max(medians[f"threads_{n}"] for n in THREAD_POOLS)
-        results: dict[str, Any] = {
-            "suite": "asyncio",
-            "quick": quick,
-            "environment": {**environment(admin, url, fixture, len(raw_json)), "pinned_cpu": cpu},
-            "method": {
-                "rounds": rounds,
-                "round_seconds": seconds,
-                "coroutines": COROUTINES,
-                "thread_pools": list(THREAD_POOLS),
-                "order": "ABBA interleaved rounds",
-                "l1_max_bytes": settings.l1_max_bytes,
-            },
-            "hits_per_second": {
-                name: {"median": round(medians[name]), "rounds": [round(r) for r in rates]}
-                for name, rates in per_round.items()
-            },
-            "ratio_asyncio_to_threads_100": round(medians["asyncio"] / medians["threads_100"], 3),
-            "ratio_asyncio_to_best_threads": round(medians["asyncio"] / best_threads, 3),
-        }
+            results["environment"]["pinned_cpu"] = cpu
+            for mode in L1_MODES:
+                settings = CacheSettings.load(redis_url=url, key_prefix=NAMESPACE, l1_mode=mode)
+                results["l1_modes"][mode] = measure(settings, context, rounds, seconds)
     finally:
-        sync_cache.close()
         delete_bench_keys(admin)
         admin.close()
     publish("asyncio", quick, results, report(results), args)
     return results
+
+
+def measure(
+    settings: CacheSettings, context: dict[str, Any], rounds: int, seconds: float
+) -> dict[str, Any]:
+    """Hits/s of each contender on one cache configuration, medians of ``rounds``."""
+    contenders = {"asyncio": 0, **{f"threads_{n}": n for n in THREAD_POOLS}}
+    per_round: dict[str, list[float]] = {name: [] for name in contenders}
+    with ContextCache.from_settings(settings) as sync_cache, asyncio.Runner() as runner:
+        assert sync_cache.set_cached_full_context(PHONE, COMPANY_ID, context)
+        async_cache = runner.run(open_async(settings))
+        try:
+            for index in range(rounds):
+                order = list(contenders.items())
+                for name, threads in order if index % 2 == 0 else reversed(order):
+                    if threads:
+                        rate = thread_hits(sync_cache, context, threads, seconds)
+                    else:
+                        rate = runner.run(async_hits(async_cache, context, seconds))
+                    per_round[name].append(rate)
+        finally:
+            runner.run(async_cache.aclose())
+    medians = {name: statistics.median(rates) for name, rates in per_round.items()}
+    best_threads = max(medians[f"threads_{n}"] for n in THREAD_POOLS)
+    return {
+        "hits_per_second": {
+            name: {"median": round(medians[name]), "rounds": [round(r) for r in rates]}
+            for name, rates in per_round.items()
+        },
+        "ratio_asyncio_to_threads_100": round(medians["asyncio"] / medians["threads_100"], 3),
+        "ratio_asyncio_to_best_threads": round(medians["asyncio"] / best_threads, 3),
+    }
 
 
 @contextlib.contextmanager
@@ -168,18 +178,18 @@ def thread_hits(
 
 
 def report(r: dict[str, Any]) -> str:
-    env, method, hits = r["environment"], r["method"], r["hits_per_second"]
-    label: dict[str, Callable[[], str]] = {
-        "asyncio": lambda: f"AsyncContextCache, {method['coroutines']} coroutines",
-        **{
-            f"threads_{n}": (lambda n=n: f"ContextCache, pool of {n} threads")
-            for n in method["thread_pools"]
-        },
-    }
-    rows = [["client", "hits/s (median)", "rounds"]]
-    for name, figures in hits.items():
-        rows.append(
-            [label[name](), f"{figures['median']:,}", " ".join(f"{x:,}" for x in figures["rounds"])]
+    env, method = r["environment"], r["method"]
+    label = {"asyncio": f"AsyncContextCache, {method['coroutines']} coroutines"}
+    label.update({f"threads_{n}": f"ContextCache, {n} threads" for n in method["thread_pools"]})
+    rows = [["L1 mode", "client", "hits/s (median)", "rounds"]]
+    ratios = []
+    for mode, figures in r["l1_modes"].items():
+        for name, hits in figures["hits_per_second"].items():
+            rounds = " ".join(f"{x:,}" for x in hits["rounds"])
+            rows.append([mode, label[name], f"{hits['median']:,}", rounds])
+        ratios.append(
+            f"{mode}: asyncio / 100 threads {figures['ratio_asyncio_to_threads_100']:.2f}x,"
+            f" asyncio / best thread pool {figures['ratio_asyncio_to_best_threads']:.2f}x"
         )
     return "\n".join(
         [
@@ -190,7 +200,6 @@ def report(r: dict[str, Any]) -> str:
             "",
             table(rows),
             "",
-            f"asyncio / 100 threads: {r['ratio_asyncio_to_threads_100']:.2f}x;"
-            f" asyncio / best thread pool: {r['ratio_asyncio_to_best_threads']:.2f}x",
+            *ratios,
         ]
     )

@@ -298,7 +298,9 @@ def measure_memory(
         lambda i: cache.set_cached_full_context(phone(i), COMPANY_ID, context),
         lambda i: cache.client_keys(phone(i), COMPANY_ID).full_context,
     )
-    ctx_result["value_bytes"] = encode_context(cache.core, context).size
+    ctx_result["value_bytes"] = encode_context(
+        cache.core, cache.core.identify(phone(0), COMPANY_ID), context
+    ).size
     raw_result = stored(
         "plain JSON (no compression)",
         lambda i: floor.set(RAW_KEY.format(i), raw_json, ex=TTL),

@@ -23,6 +23,7 @@ __all__ = [
     "TunnelError",
     "TunnelNotRunningError",
     "UndecodableValueError",
+    "UndecryptableValueError",
 ]
 
 
@@ -107,6 +108,14 @@ class UndecodableValueError(CtxCacheError):
 
     The cache treats it as a miss and removes it; it never reaches callers of
     the get/load API.
+    """
+
+
+class UndecryptableValueError(UndecodableValueError):
+    """An encrypted value cannot be opened (tampered, copied from another key, sealed with a key
+    not configured), or a plain value was read while encryption is required.
+
+    Handled as any undecodable value: a counted miss. The message never holds the value.
     """
 
 

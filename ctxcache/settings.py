@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -17,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ctxcache.core.crypto import parse_keys
 from ctxcache.core.keys import prefix_problem
 from ctxcache.core.layout import DEFAULT_BOOKING_SECTIONS, DEFAULT_COMPANY_SECTIONS, SectionLayout
 from ctxcache.core.wire import (
@@ -59,8 +61,23 @@ class CacheSettings(BaseSettings):
     redis_password: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_PASSWORD", "CTXCACHE_REDIS_PASSWORD")
     )
+    redis_username: str | None = None
+    """An ACL user (Redis 6+); with ``REDIS_PASSWORD`` as its password."""
     env: Literal["development", "production"] = "development"
     key_prefix: str = ""
+
+    # -- Security (README "Security") ------------------------------------------------------
+    # TLS for rediss:// URLs (the cache's and a derived Redis broker's): the CA that
+    # signed the server's certificate, and a client certificate for mutual TLS.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Values sealed with AES-GCM: base64 keys, comma-separated; the first seals, all open.
+    encryption_keys: SecretStr | None = None
+    # Plain values read back are misses (only encrypted ones are trusted).
+    require_encryption: bool = False
+    # Keys carry HMAC-SHA256(secret, phone) instead of the phone: a new keyspace.
+    key_secret: SecretStr | None = None
 
     full_context_ttl: int = Field(default=FULL_CONTEXT_TTL, gt=0)
     dialog_context_ttl: int = Field(default=DIALOG_CONTEXT_TTL, gt=0)
@@ -160,6 +177,69 @@ class CacheSettings(BaseSettings):
         ):
             raise ValueError("must be a plain host or user name (no spaces, '@' or leading '-')")
         return value
+
+    @field_validator(
+        "encryption_keys",
+        "key_secret",
+        "redis_username",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        # Checked now: a wrong path would otherwise surface as an SSL error on the first command.
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value!r}")
+        return value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _usable_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_keys(value.get_secret_value())  # the message names a key by position only
+        return value
+
+    @field_validator("key_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("must be at least 16 bytes (32 random bytes in base64 is good)")
+        return value
+
+    @field_validator("require_encryption")
+    @classmethod
+    def _required_needs_keys(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("encryption_keys") is None:
+            raise ValueError("true needs CTXCACHE_ENCRYPTION_KEYS")
+        return value
+
+    def tls_options(self) -> dict[str, str]:
+        """redis-py's TLS options from ``CTXCACHE_TLS_*``; the server is always verified."""
+        options = {"ssl_cert_reqs": "required"}
+        if self.tls_ca_file:
+            options["ssl_ca_certs"] = self.tls_ca_file
+        if self.tls_cert_file:
+            options["ssl_certfile"] = self.tls_cert_file
+        if self.tls_key_file:
+            options["ssl_keyfile"] = self.tls_key_file
+        return options
+
+    def encryption_key_list(self) -> list[bytes]:
+        """The raw keys of ``CTXCACHE_ENCRYPTION_KEYS`` (none when unset), the sealing one first."""
+        if self.encryption_keys is None:
+            return []
+        return parse_keys(self.encryption_keys.get_secret_value())
+
+    def key_secret_bytes(self) -> bytes | None:
+        """``CTXCACHE_KEY_SECRET`` as bytes, or None when keys carry phones."""
+        return self.key_secret.get_secret_value().encode() if self.key_secret else None
 
     @field_validator("phone_region")
     @classmethod
@@ -288,7 +368,12 @@ class CacheSettings(BaseSettings):
             return self.broker_url
         password = self.redis_password.get_secret_value() if self.redis_password else None
         try:
-            return default_broker_url(parse_cache_url(self.effective_redis_url), password)
+            return default_broker_url(
+                parse_cache_url(self.effective_redis_url),
+                password,
+                fallback_username=self.redis_username,
+                tls=self.tls_options(),
+            )
         except InvalidUrlError as exc:  # a Cluster cache: Celery needs a broker of its own
             raise ConfigurationError(
                 f"invalid ctxcache setting: CTXCACHE_BROKER_URL: {exc}",

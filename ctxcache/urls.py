@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -34,6 +35,7 @@ __all__ = [
     "CLUSTER_SCHEMES",
     "SENTINEL_SCHEMES",
     "RedisTarget",
+    "broker_tls",
     "check_broker_url",
     "default_broker_url",
     "parse_cache_url",
@@ -431,14 +433,21 @@ def _check_one_broker(url: str) -> None:
         _database(parts.path)  # kombu reads the path as the database number
 
 
-def default_broker_url(cache: RedisTarget, fallback_password: str | None) -> str:
+def default_broker_url(
+    cache: RedisTarget,
+    fallback_password: str | None,
+    *,
+    fallback_username: str | None = None,
+    tls: Mapping[str, str] | None = None,
+) -> str:
     """The cache's server, next database number (the one below for db 15: never a wrap to 0).
 
     Fine for development; in production the broker belongs on its own server.
     ``fallback_password`` (REDIS_PASSWORD) is written into the URL when the
     cache URL has none, since a broker only has its URL. TLS options carry
     over, and ``rediss://`` keeps redis-py's default of verifying the
-    certificate (kombu's would be not to).
+    certificate (kombu's would be not to); ``tls`` (``CTXCACHE_TLS_*``) fills
+    in what the URL does not say. ``fallback_username`` is the ACL user.
 
     A Sentinel cache gets a ``sentinel://`` broker on the same sentinels (the
     master name goes to Celery as a transport option, see
@@ -453,9 +462,10 @@ def default_broker_url(cache: RedisTarget, fallback_password: str | None) -> str
         )
     neighbour = cache.db + 1 if cache.db < 15 else cache.db - 1  # 16 databases by default
     password = cache.password if cache.password is not None else fallback_password
+    username = cache.username or fallback_username
     userinfo = ""
-    if cache.username or password is not None:
-        userinfo = quote(cache.username or "", safe="")
+    if username or password is not None:
+        userinfo = quote(username or "", safe="")
         if password is not None:
             userinfo += ":" + quote(password, safe="")
         userinfo += "@"
@@ -470,14 +480,28 @@ def default_broker_url(cache: RedisTarget, fallback_password: str | None) -> str
         )
     url = f"{cache.scheme}://{userinfo}{_bracketed(cache.host or '')}:{cache.port}/{neighbour}"
     if cache.scheme == "rediss":
-        tls = {k: v for k, v in cache.options if k in _BROKER_TLS_OPTIONS}
-        tls.setdefault("ssl_cert_reqs", "required")
-        url += "?" + urlencode(tls)
+        chosen = {k: v for k, v in cache.options if k in _BROKER_TLS_OPTIONS}
+        for name, value in (tls or {}).items():
+            chosen.setdefault(name, value)
+        chosen.setdefault("ssl_cert_reqs", "required")
+        url += "?" + urlencode(chosen)
     return url
 
 
 def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def broker_tls(options: Mapping[str, str]) -> dict[str, object]:
+    """Celery's ``broker_use_ssl`` for a Redis broker from redis-py style TLS options."""
+    chosen: dict[str, object] = dict(options)
+    wanted = _cert_reqs(options.get("ssl_cert_reqs", "required"))
+    chosen["ssl_cert_reqs"] = {
+        "none": ssl.CERT_NONE,
+        "optional": ssl.CERT_OPTIONAL,
+        "required": ssl.CERT_REQUIRED,
+    }[wanted]
+    return chosen
 
 
 def redis_url_of_broker(url: str) -> str | None:

@@ -208,7 +208,10 @@ def fake_cache(clock: FakeClock) -> ContextCache:
 
 @pytest.fixture(params=["fakeredis", "redis"])
 def any_cache(request: pytest.FixtureRequest) -> ContextCache:
-    """The contract suite runs against fakeredis (fast) and the real server (proof)."""
+    """A ContextCache on fakeredis (fast) and on the real server (proof), for sync-only tests.
+
+    The cache's contract runs on both clients: ``tests/contract/`` overrides this fixture.
+    """
     name = "fake_cache" if request.param == "fakeredis" else "real_cache"
     cache: ContextCache = request.getfixturevalue(name)
     return cache

@@ -113,18 +113,6 @@ def test_a_repeated_hit_is_served_from_l1_after_one_small_round_trip(
     assert any_cache.stats().l1_hits == 1 + 2 * SECTIONS
 
 
-def test_by_default_callers_may_change_what_they_get(any_cache: ContextCache) -> None:
-    context = load_fixture()
-    any_cache.set_cached_full_context(PHONE, COMPANY, context)
-    first = any_cache.get_cached_full_context(PHONE, COMPANY)
-    assert first is not None
-    first["services"][0]["price"] = -1  # deep inside a company section
-    first["client"]["name"] = "changed"
-    first["startTime"] = 123  # the spec's { ...cachedContext, startTime }
-    again = any_cache.get_cached_full_context(PHONE, COMPANY)
-    assert again == context  # another caller sees none of it
-
-
 def test_shared_mode_hands_out_read_only_sections(clock: FakeClock) -> None:
     import fakeredis
 
@@ -219,27 +207,6 @@ def refreshing_cache(
     cache = cache_factory(clock=clock, **settings)
     cache.core.random = draw
     return cache
-
-
-def test_a_part_near_expiry_is_refreshed_in_the_background(
-    cache_factory: Callable[..., ContextCache], clock: FakeClock
-) -> None:
-    draw = Draws(1.0)  # -ln(1) = 0: never early
-    cache = refreshing_cache(cache_factory, clock, draw)
-    calls: list[str] = []
-    loader = slow_loader(clock, 2.0, calls)  # each load takes 2 s of the fake clock
-    first = cache.load_full_context(PHONE, COMPANY, loader)
-    assert cache.load_full_context(PHONE, COMPANY, loader) == first
-    assert calls == [PHONE]
-    cache.client.pexpire(f"full_context:{COMPANY}:{PHONE}", 10_000)  # 10 s left
-    draw.value = math.exp(-6)  # 2 s x 1 x 6 = 12 >= 10: due
-    got = cache.load_full_context(PHONE, COMPANY, loader)
-    assert got == first  # the caller got the still-valid value at once
-    cache.close()  # waits for the background refresh
-    assert calls == [PHONE, PHONE]
-    assert cache.stats().early_refreshes == 1
-    fresh = ContextCache.from_settings(cache.settings).get_cached_full_context(PHONE, COMPANY)
-    assert fresh == {"client": {"n": 2}, "services": [2]}
 
 
 def test_far_from_expiry_nothing_is_refreshed(

@@ -155,19 +155,6 @@ def test_counts_are_due_once_per_interval(clock: FakeClock) -> None:
 # -- flushing from the cache ------------------------------------------------------------
 
 
-def test_flush_adds_exactly_the_counts_on_both_backends(any_cache: ContextCache) -> None:
-    any_cache.load_full_context(PHONE, COMPANY, lambda p, c: {"a": 1})
-    any_cache.get_cached_full_context(PHONE, COMPANY)
-    any_cache.invalidate_cached_context(PHONE, COMPANY)
-    assert not any_cache.client.exists(any_cache.keys.stats)  # nothing before the interval
-    assert any_cache.flush_stats() is True
-    flushed = stats_hash(any_cache.client, any_cache)
-    assert counters(flushed) == minus(any_cache.stats(), CacheStats())
-    assert flushed[bucket_field(0.005)] == 1  # the fake clock did not move: 0 s
-    assert any_cache.flush_stats() is True  # nothing new: no change
-    assert stats_hash(any_cache.client, any_cache) == flushed
-
-
 def test_no_flush_before_the_interval_then_it_rides_along(
     spare_redis: SpareRedis, spare_cache: ContextCache, clock: FakeClock
 ) -> None:

@@ -80,7 +80,7 @@ def test_the_suite_stops_before_any_test_on_a_foreign_database(spare_redis: Spar
     client = redis.Redis.from_url(spare_redis.url)
     before = seed(client)
     env = {**os.environ, "CTXCACHE_TEST_REDIS_URL": spare_redis.url, "CI": "true"}
-    test = "tests/test_cache.py::test_miss_set_hit_invalidate[redis]"  # would empty the db
+    test = "tests/contract/test_cache.py::test_miss_set_hit_invalidate[sync-redis]"  # empties it
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", test],
         cwd=REPO,

@@ -64,12 +64,13 @@ class AsyncContextCache(CacheMethods):
         self._background: set[asyncio.Task[Any]] = set()  # kept: the loop holds tasks weakly
 
     async def aclose(self) -> None:
-        """Push the last counts, cancel background refreshes, close the connections."""
+        """Let background refreshes finish, push the last counts, close the connections.
+
+        As ``ContextCache.close`` waits for its refresh threads: a refresh
+        holds a load lock that others would otherwise wait out.
+        """
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.flush_stats()
-        tasks = list(self._background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
         pool = getattr(self.client, "connection_pool", None)
         if pool is not None:

@@ -1,4 +1,5 @@
-"""Building the Redis client: short timeouts, no hidden retries, password from the settings.
+"""Building the Redis client: short timeouts, no hidden retries, credentials and TLS
+from the settings.
 
 One URL picks the deployment: a standalone server (``redis://``, ``rediss://``,
 ``unix://``), a Redis Cluster (``redis+cluster://``, redis-py's
@@ -81,8 +82,13 @@ def connection_options(
         options["driver_info"] = None
     else:
         options.update(lib_name=None, lib_version=None)
-    if settings.redis_password is not None and urlsplit(url).password is None:
+    parts = urlsplit(url)
+    if settings.redis_password is not None and parts.password is None:
         options["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_username and not parts.username:
+        options["username"] = settings.redis_username  # an ACL user (Redis 6+)
+    if parts.scheme.startswith("rediss"):  # rediss://, rediss+cluster://, rediss+sentinel://
+        options.update(settings.tls_options())  # options in the URL's query still win
     return url, options
 
 
@@ -152,7 +158,7 @@ def _node_options(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any
         kwargs["username"] = target.username
     if target.password is not None:
         kwargs["password"] = target.password
-    return {**kwargs, **options}
+    return {**options, **kwargs}  # as redis-py's from_url: the URL's own options win
 
 
 def _cluster(target: RedisTarget, options: dict[str, Any]) -> Any:

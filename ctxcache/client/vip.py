@@ -4,20 +4,32 @@ One sorted set, all scores 0, members ``<company_id>:<E.164 phone>``: lexical
 order groups a company's clients together, so one company is a ZRANGEBYLEX
 and paging through everyone is ZRANGE with LIMIT, without loading the whole
 set at once.
+
+With encryption or hashed keys on, the phone is sealed (``<company_id>:~<base64>``,
+deterministic per key so a member is found again, bound to the registry's key
+and the company): the warm-up needs the phone back, so it cannot be a hash.
+A member sealed with a key no longer configured is skipped with a log line.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 from collections.abc import Iterator
 
 from ctxcache.client.sync import ContextCache
 from ctxcache.core.keys import validate_company_id
+from ctxcache.errors import UndecryptableValueError
 
 __all__ = ["VipRegistry"]
 
+logger = logging.getLogger("ctxcache")
+
 _PAGE_SIZE = 500
+_SEALED = "~"  # E.164 phones start with "+"
 # An alias, because the method ``list`` shadows the builtin inside the class.
 VipList = list[tuple[str, int]]
+Members = list[str]
 
 
 class VipRegistry:
@@ -33,11 +45,19 @@ class VipRegistry:
 
     def add(self, phone: str, company_id: int | str) -> bool:
         """Add a client; True if it was not there yet."""
-        return bool(self.cache.client.zadd(self.key, {self._member(phone, company_id): 0}))
+        member, *older = self._members(phone, company_id)
+        if not older:
+            return bool(self.cache.client.zadd(self.key, {member: 0}))
+        # After a key rotation: the member sealed with an older key gives way to the new one.
+        pipe = self.cache.client.pipeline(transaction=True)
+        pipe.zrem(self.key, *older)
+        pipe.zadd(self.key, {member: 0})
+        removed, added = pipe.execute()
+        return bool(added) and not removed
 
     def remove(self, phone: str, company_id: int | str) -> bool:
         """Remove a client; True if it was there."""
-        return bool(self.cache.client.zrem(self.key, self._member(phone, company_id)))
+        return bool(self.cache.client.zrem(self.key, *self._members(phone, company_id)))
 
     def list(self, company_id: int | str | None = None) -> VipList:
         """All VIPs as (phone, company_id), or those of one company."""
@@ -59,7 +79,7 @@ class VipRegistry:
             )
             if not members:
                 return
-            yield [_parse(member) for member in members]
+            yield [vip for vip in map(self._parse, members) if vip is not None]
             offset += len(members)
             if len(members) < page_size:
                 return
@@ -71,12 +91,36 @@ class VipRegistry:
         for page in self.pages():
             yield from page
 
-    def _member(self, phone: str, company_id: int | str) -> str:
+    def _members(self, phone: str, company_id: int | str) -> Members:
+        """The client's member as written now, then as older keys sealed it."""
         normalized, company = self.cache.identify(phone, company_id)
-        return f"{company}:{normalized}"
+        cipher = self.cache.core.member_cipher
+        if cipher is None:
+            return [f"{company}:{normalized}"]
+        aad = self._aad(company)
+        return [
+            f"{company}:{_SEALED}"
+            + base64.urlsafe_b64encode(cipher.seal_fixed(normalized.encode(), aad, kid)).decode()
+            for kid in cipher.key_ids
+        ]
 
+    def _aad(self, company: int) -> bytes:
+        return f"{self.key}\x00{company}".encode()
 
-def _parse(member: bytes | str) -> tuple[str, int]:
-    text = member.decode() if isinstance(member, bytes) else member
-    company, phone = text.split(":", 1)
-    return phone, int(company)
+    def _parse(self, member: bytes | str) -> tuple[str, int] | None:
+        text = member.decode() if isinstance(member, bytes) else member
+        company, phone = text.split(":", 1)
+        if phone.startswith(_SEALED):
+            cipher = self.cache.core.member_cipher
+            try:
+                if cipher is None:
+                    raise UndecryptableValueError("member is sealed; no key is configured")
+                sealed = base64.urlsafe_b64decode(phone[len(_SEALED) :])
+                phone = cipher.open(sealed, self._aad(int(company))).decode()
+            except (UndecryptableValueError, ValueError) as exc:
+                logger.error("skipping a VIP member of company %s: %s", company, exc)
+                return None
+        elif self.cache.core.codec.require_encryption:
+            logger.error("skipping a plain VIP member of company %s: encryption required", company)
+            return None
+        return phone, int(company)

@@ -21,6 +21,7 @@ from typing import Any, Final
 from redis import exceptions as redis_errors
 
 from ctxcache.core.breaker import CircuitBreaker
+from ctxcache.core.crypto import ValueCipher, derived_key
 from ctxcache.core.keys import ClientKeys, CompanyKeys, KeyLayout, validate_company_id
 from ctxcache.core.l1 import L1Cache
 from ctxcache.core.layout import SectionLayout
@@ -105,9 +106,19 @@ class CacheCore:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.keys = KeyLayout(settings.key_prefix)
+        secret = settings.key_secret_bytes()
+        self.keys = KeyLayout(settings.key_prefix, secret)
         self.layout = layout if layout is not None else settings.section_layout()
+        value_keys = settings.encryption_key_list()
+        cipher = ValueCipher(value_keys) if value_keys else None
+        # VIP members carry phones the warm-up needs back: sealed with the value keys,
+        # or (hashed keys alone) a key derived from the key secret.
+        self.member_cipher = cipher
+        if cipher is None and secret is not None:
+            self.member_cipher = ValueCipher([derived_key(secret, "vip members")])
         self.codec = WireCodec(
+            cipher=cipher,
+            require_encryption=settings.require_encryption,
             compression_threshold=settings.compression_threshold,
             compression_level=settings.compression_level,
             max_context_bytes=settings.max_context_bytes,

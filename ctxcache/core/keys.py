@@ -9,6 +9,12 @@ Every other key of a client uses the full-context key as its Redis Cluster
 hash tag, ``{full_context:962302:+79001234567}:gen``, so all of a client's
 keys share one hash slot and each Lua script touches a single slot.
 
+With a key secret (``CTXCACHE_KEY_SECRET``) the phone in every client key is
+replaced by ``HMAC-SHA256(secret, E.164 phone)`` cut to 32 hex digits
+(:func:`ctxcache.core.crypto.phone_digest`): ``full_context:962302:3f1c...``.
+No other key holds a phone (VIP registry members are sealed, see
+:mod:`ctxcache.client.vip`); the masked name logs show still comes from the phone.
+
 A company's sections, shared by all its clients, live under the hash tag
 ``{company_context:962302}``: one slot per company, another than its
 clients'. No script touches both; a read that needs both sends one command
@@ -17,8 +23,9 @@ per slot in a single pipeline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ctxcache.core.crypto import phone_digest
 from ctxcache.core.phone import mask_phone
 from ctxcache.errors import ConfigurationError, InvalidCompanyIdError
 
@@ -105,6 +112,8 @@ class KeyLayout:
     """Builds every key ctxcache uses, with ``prefix`` applied exactly once."""
 
     prefix: str = ""
+    # CTXCACHE_KEY_SECRET: phones in keys become HMACs. Never in a repr.
+    secret: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         problem = prefix_problem(self.prefix)
@@ -115,7 +124,11 @@ class KeyLayout:
 
     def full_context(self, company_id: int, phone: str) -> str:
         """``<prefix>full_context:<company_id>:<phone>``; inputs must be normalized."""
-        return f"{self.prefix}{FULL_CONTEXT_NAMESPACE}:{company_id}:{phone}"
+        return f"{self.prefix}{FULL_CONTEXT_NAMESPACE}:{company_id}:{self.phone_slot(phone)}"
+
+    def phone_slot(self, phone: str) -> str:
+        """What stands for ``phone`` in keys: itself, or its HMAC with a key secret."""
+        return phone if self.secret is None else phone_digest(self.secret, phone)
 
     def client(self, company_id: int, phone: str) -> ClientKeys:
         """Keys of one client; inputs must already be validated and normalized."""
@@ -127,7 +140,7 @@ class KeyLayout:
             lock=f"{tag}:lock",
             dialog=f"{tag}:dialog",
             preferences=f"{tag}:prefs",
-            masked=self.full_context(company_id, mask_phone(phone)),
+            masked=f"{self.prefix}{FULL_CONTEXT_NAMESPACE}:{company_id}:{mask_phone(phone)}",
         )
 
     def company(self, company_id: int) -> CompanyKeys:

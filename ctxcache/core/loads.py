@@ -181,7 +181,7 @@ def store_loaded(
     part = loaded.client if store_client else None
     sections = {name: loaded.sections[name] for name in store_sections if name in loaded.sections}
     try:
-        encoded = encode_parts(core, part, sections, load_seconds=loaded.seconds)
+        encoded = encode_parts(core, who, part, sections, load_seconds=loaded.seconds)
     except InvalidContextError as exc:
         core.stats.add("uncacheable")
         logger.warning("not caching %s: %s", who.target, exc)

@@ -18,8 +18,8 @@ from ctxcache.core.l1 import L1Entry
 from ctxcache.core.layout import ClientPart
 from ctxcache.core.scripts import PART_UNCHANGED, PART_VALUE, READ_PARTS
 from ctxcache.core.steps import Command, Flow
-from ctxcache.core.wire import KIND_CLIENT, KIND_FULL, KIND_SECTION
-from ctxcache.errors import UndecodableValueError
+from ctxcache.core.wire import KIND_CLIENT, KIND_FULL, KIND_SECTION, Unpacked
+from ctxcache.errors import UndecodableValueError, UndecryptableValueError
 
 __all__ = [
     "ContextReport",
@@ -64,28 +64,28 @@ class Parts:
 
 
 def decode_part(
-    core: CacheCore, raw: bytes, kind: int, key: str | None = None
+    core: CacheCore, raw: bytes, kind: int, key: str, *, remember: bool = True
 ) -> tuple[Any, bytes | None, int]:
-    """A stored value's content, stamp and kind; raises :class:`UndecodableValueError`.
+    """The content, stamp and kind of the value at ``key``; raises :class:`UndecodableValueError`.
 
     ``kind`` is what the key must hold: a client's part (which may also be a
-    whole context of an older writer) or a company section. With ``key`` the
-    part is kept in the in-process cache, and the content is what that cache
-    hands out (read-only in shared mode).
+    whole context of an older writer) or a company section. With ``remember``
+    the part is kept in the in-process cache, and the content is what that
+    cache hands out (read-only in shared mode).
     """
-    content, entry = _decode(core, raw, kind)
+    content, entry = _decode(core, raw, kind, key)
     if entry is None:
         return content, None, KIND_FULL
-    if key is not None and core.l1.enabled:
+    if remember and core.l1.enabled:
         core.l1.put(key, entry)
         if entry.shared is not None:
             content = _content(entry, kind)  # the shared, read-only value
     return content, entry.stamp, kind
 
 
-def _decode(core: CacheCore, raw: bytes, kind: int) -> tuple[Any, L1Entry | None]:
+def _decode(core: CacheCore, raw: bytes, kind: int, key: str) -> tuple[Any, L1Entry | None]:
     """The content, and an in-process cache entry for it (None for a whole context)."""
-    unpacked = core.codec.unpack(raw)
+    unpacked = unpack(core, raw, key)
     if kind == KIND_SECTION and unpacked.kind != KIND_SECTION:
         raise UndecodableValueError("a company section key holds something else")
     if kind == KIND_CLIENT and unpacked.kind == KIND_FULL:
@@ -107,6 +107,16 @@ def _decode(core: CacheCore, raw: bytes, kind: int) -> tuple[Any, L1Entry | None
     meta = part.meta()
     entry = core.l1.make("client", unpacked.stamp, unpacked.data, data, meta, unpacked.load_seconds)
     return part, entry
+
+
+def unpack(core: CacheCore, raw: bytes, key: str) -> Unpacked:
+    """``core.codec.unpack`` that counts values that fail to decrypt (their callers
+    count them as corrupt too, and remove them)."""
+    try:
+        return core.codec.unpack(raw, key)
+    except UndecryptableValueError:
+        core.stats.add("undecryptable")
+        raise
 
 
 def _content(entry: L1Entry, kind: int) -> Any:
@@ -148,7 +158,7 @@ def read_parts(
             content = _content(entry, kind)
         elif status == PART_VALUE:
             try:
-                content, entry = _decode(core, raw, kind)
+                content, entry = _decode(core, raw, kind, key)
             except UndecodableValueError as exc:
                 _log_corrupt(core, who.target if index == 0 else f"{who.company.label}:{name}", exc)
                 parts.corrupt.append(key)
@@ -271,9 +281,9 @@ def describe_context(
             continue
         ttl = int(pttl) / 1000 if int(pttl) >= 0 else None
         try:
-            unpacked = core.codec.unpack(value)
+            unpacked = core.codec.unpack(value, key)
             content, _, kind = decode_part(
-                core, value, KIND_CLIENT if scope == "client" else KIND_SECTION
+                core, value, KIND_CLIENT if scope == "client" else KIND_SECTION, key, remember=False
             )
         except UndecodableValueError as exc:
             reports.append(

@@ -5,6 +5,11 @@ client's part in the same Lua step (the context holds both), so no reader
 sees a new record next to an old context. A field another program wrote
 that is not JSON is skipped, counted and removed on its own: one bad field
 never costs the whole record.
+
+With encryption each field value is sealed, bound to the record's key and
+the field's name. A field that fails to open is skipped and counted but
+kept: records are not a cache, and a key missing from this process's list
+during a rotation must not destroy what other processes can read.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import orjson
 from ctxcache.core.engine import CacheCore, Unavailable
 from ctxcache.core.scripts import UPDATE_RECORD
 from ctxcache.core.steps import Command, Flow
-from ctxcache.errors import InvalidContextError
+from ctxcache.errors import InvalidContextError, UndecryptableValueError
 
 __all__ = ["RECORDS", "get_record", "update_record"]
 
@@ -45,7 +50,12 @@ def get_record(
     bad: list[bytes | str] = []
     for name, value in replies[0].items():
         try:
-            fields[name.decode() if isinstance(name, bytes) else name] = orjson.loads(value)
+            text = name.decode() if isinstance(name, bytes) else name
+            fields[text] = orjson.loads(core.codec.open_field(value, key, text))
+        except UndecryptableValueError as exc:
+            core.stats.add("undecryptable")
+            core.stats.add("corrupt_fields")
+            logger.error("skipping a field of the %s of %s: %s", record, who.target, exc)
         except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             bad.append(name)
             logger.error("skipping undecodable field of the %s of %s: %s", record, who.target, exc)
@@ -84,7 +94,7 @@ def update_record(
             continue
         encoded = core.codec.serialize(value, where=name)
         size += len(encoded)
-        to_set += [name, encoded]
+        to_set += [name, core.codec.seal_field(encoded, key, name)]
     if size > core.settings.max_context_bytes:
         core.codec.refuse_size(size)
     ttl = core.settings.dialog_context_ttl if record == "dialog" else core.settings.preferences_ttl

@@ -70,6 +70,9 @@ class CacheStats:
     skipped: int = 0  # calls not made because the circuit breaker was open
     corrupt: int = 0  # values that could not be decoded (removed, counted as misses)
     corrupt_fields: int = 0  # dialog / preference fields that could not be decoded (skipped)
+    # Of those two: encrypted values that failed to open (tampered, copied, unknown
+    # key) and plain ones refused while encryption is required.
+    undecryptable: int = 0
     loads: int = 0  # loader calls
     load_seconds: float = 0.0
     sets: int = 0  # parts written

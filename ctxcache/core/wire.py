@@ -8,7 +8,12 @@ one company section::
     | meta length u16 | meta (JSON) | payload
 
 - ``kind``: 1 a client's part, 2 a company section.
-- ``encoding``: 0 plain JSON, 1 zstd-compressed JSON. ``flags`` is 0 (reserved).
+- ``encoding``: 0 plain JSON, 1 zstd-compressed JSON.
+- ``flags``: 0, or 1 when encrypted (``CTXCACHE_ENCRYPTION_KEYS``): then
+  meta and payload are sealed together (:mod:`ctxcache.core.crypto`), with
+  the Redis key name and this header as associated data, and the meta
+  length is that of the plaintext meta. The header stays readable: the
+  stamp check and operators' age and size figures work unchanged.
 - ``stamp``: random bytes, new for every write, at a fixed offset so that a
   reader holding a decoded copy can check it is still current with a
   ``GETRANGE`` of 8 bytes instead of fetching the value.
@@ -22,6 +27,10 @@ payload``) and is still read, as is plain JSON from another writer (the
 spec's Node service writes ``JSON.stringify(context)``): the leading NUL can
 never start a JSON text. A reader that knows only version 1 refuses version
 2, so it treats a part as a miss, never as a whole context.
+
+Dialog and preference fields are JSON, or with encryption
+``b"\\x00enc" | sealed JSON`` bound to the key and field name
+(:meth:`WireCodec.seal_field`).
 """
 
 from __future__ import annotations
@@ -38,12 +47,19 @@ from typing import Any, Final
 import orjson
 import zstandard
 
-from ctxcache.errors import ContextTooLargeError, InvalidContextError, UndecodableValueError
+from ctxcache.core.crypto import ValueCipher
+from ctxcache.errors import (
+    ContextTooLargeError,
+    InvalidContextError,
+    UndecodableValueError,
+    UndecryptableValueError,
+)
 
 __all__ = [
     "DEFAULT_COMPRESSION_LEVEL",
     "DEFAULT_COMPRESSION_THRESHOLD",
     "DEFAULT_MAX_CONTEXT_BYTES",
+    "FLAG_ENCRYPTED",
     "KIND_CLIENT",
     "KIND_FULL",
     "KIND_SECTION",
@@ -65,12 +81,16 @@ KIND_CLIENT: Final = 1
 KIND_SECTION: Final = 2
 ENCODING_JSON: Final = 0
 ENCODING_ZSTD: Final = 1
+FLAG_ENCRYPTED: Final = 1
+SEALED_FIELD: Final = b"\x00enc"  # JSON never starts with NUL
 
 _V1_HEADER_SIZE: Final = len(MAGIC) + 2
 _HEADER: Final = struct.Struct(">4sBBBB8sIIH")
 HEADER_SIZE: Final = _HEADER.size
 STAMP_OFFSET: Final = len(MAGIC) + 4
 STAMP_SIZE: Final = 8
+_FLAGS_OFFSET: Final = len(MAGIC) + 3
+_PLAIN_REFUSED: Final = "plain value refused: CTXCACHE_REQUIRE_ENCRYPTION is on"
 _MAX_U32: Final = 2**32 - 1
 _MAX_META: Final = 2**16 - 1
 
@@ -110,7 +130,13 @@ class WireCodec:
         max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES,
         default: JsonDefault | None = None,
         wall_clock: Callable[[], float] = time.time,
+        cipher: ValueCipher | None = None,
+        require_encryption: bool = False,
     ) -> None:
+        if require_encryption and cipher is None:
+            raise ValueError("require_encryption needs a cipher")
+        self.cipher = cipher
+        self.require_encryption = require_encryption
         self.compression_threshold = compression_threshold
         self.wall_clock = wall_clock
         self.compression_level = compression_level
@@ -162,8 +188,9 @@ class WireCodec:
         *,
         meta: Mapping[str, Any] | None = None,
         load_seconds: float = 0.0,
+        key: str = "",
     ) -> tuple[bytes, bytes]:
-        """An envelope around serialized JSON, and the random stamp it carries."""
+        """An envelope around serialized JSON for Redis key ``key``, and its random stamp."""
         meta_bytes = orjson.dumps(meta) if meta else b""
         if len(meta_bytes) > _MAX_META:
             raise InvalidContextError(f"a context with {len(meta_bytes)} bytes of section names")
@@ -174,15 +201,44 @@ class WireCodec:
         stamp = secrets.token_bytes(STAMP_SIZE)
         load_ms = min(_MAX_U32, max(0, round(load_seconds * 1000)))
         written = min(_MAX_U32, max(0, int(self.wall_clock())))
+        flags = FLAG_ENCRYPTED if self.cipher is not None else 0
         header = _HEADER.pack(
-            MAGIC, WIRE_VERSION, kind, encoding, 0, stamp, load_ms, written, len(meta_bytes)
+            MAGIC, WIRE_VERSION, kind, encoding, flags, stamp, load_ms, written, len(meta_bytes)
         )
+        if self.cipher is not None:
+            if not key:  # a value bound to no key would fail at every read: a bug, say so now
+                raise ValueError("an encrypted value needs the Redis key it is stored at")
+            body = self.cipher.seal(meta_bytes + data, _aad(key, header))
+            return header + body, stamp
         return header + meta_bytes + data, stamp
+
+    def seal_field(self, data: bytes, key: str, field: str) -> bytes:
+        """A record field's JSON as stored: sealed (bound to key and field) when encrypting."""
+        if self.cipher is None:
+            return data
+        return SEALED_FIELD + self.cipher.seal(data, _aad(key, field.encode()))
+
+    def open_field(self, value: bytes, key: str, field: str) -> bytes:
+        """A record field's JSON; raises :class:`UndecryptableValueError` (never shows it)."""
+        if value.startswith(SEALED_FIELD):
+            if self.cipher is None:
+                raise UndecryptableValueError("field is encrypted; set CTXCACHE_ENCRYPTION_KEYS")
+            return self.cipher.open(value[len(SEALED_FIELD) :], _aad(key, field.encode()))
+        if self.require_encryption:
+            raise UndecryptableValueError(_PLAIN_REFUSED)
+        return value
 
     # -- decoding -----------------------------------------------------------------------
 
-    def unpack(self, value: bytes) -> Unpacked:
-        """The JSON and header of a stored value, or raise :class:`UndecodableValueError`."""
+    def unpack(self, value: bytes, key: str = "") -> Unpacked:
+        """The JSON and header of the value at ``key``, or raise :class:`UndecodableValueError`."""
+        if self.require_encryption and not (
+            len(value) >= HEADER_SIZE
+            and value.startswith(MAGIC)
+            and value[len(MAGIC)] == WIRE_VERSION
+            and value[_FLAGS_OFFSET] & FLAG_ENCRYPTED
+        ):
+            raise UndecryptableValueError(_PLAIN_REFUSED)
         if not value.startswith(MAGIC):
             return Unpacked(KIND_FULL, value, None, 0.0, {})  # plain JSON from another writer
         if len(value) < _V1_HEADER_SIZE:
@@ -196,24 +252,28 @@ class WireCodec:
         if len(value) < HEADER_SIZE:
             raise UndecodableValueError("envelope is truncated")
         _, _, kind, encoding, flags, stamp, load_ms, written, meta_size = _HEADER.unpack_from(value)
-        if kind not in (KIND_CLIENT, KIND_SECTION) or flags:
+        if kind not in (KIND_CLIENT, KIND_SECTION) or flags & ~FLAG_ENCRYPTED:
             raise UndecodableValueError(f"unknown part kind {kind} or flags {flags}")
-        meta_end = HEADER_SIZE + meta_size
+        body = value[HEADER_SIZE:]
+        if flags & FLAG_ENCRYPTED:
+            if self.cipher is None:
+                raise UndecryptableValueError("value is encrypted; set CTXCACHE_ENCRYPTION_KEYS")
+            body = self.cipher.open(body, _aad(key, value[:HEADER_SIZE]))
         meta: dict[str, Any] = {}
         if meta_size:
             try:
-                loaded = orjson.loads(value[HEADER_SIZE:meta_end])
+                loaded = orjson.loads(body[:meta_size])
             except orjson.JSONDecodeError as exc:
                 raise UndecodableValueError(f"envelope metadata is not JSON: {exc}") from exc
             if not isinstance(loaded, dict):
                 raise UndecodableValueError("envelope metadata is not an object")
             meta = loaded
-        data = self._payload(encoding, value[meta_end:])
+        data = self._payload(encoding, body[meta_size:])
         return Unpacked(kind, data, stamp, load_ms / 1000, meta, written)
 
-    def decode(self, value: bytes) -> dict[str, Any]:
+    def decode(self, value: bytes, key: str = "") -> dict[str, Any]:
         """A whole context (version 1 or plain JSON) in ``value``; parts are refused."""
-        unpacked = self.unpack(value)
+        unpacked = self.unpack(value, key)
         if unpacked.kind != KIND_FULL:
             raise UndecodableValueError("value is a part of a context, not a whole one")
         return self.loads_object(unpacked.data)
@@ -265,6 +325,11 @@ class WireCodec:
             decompressor = zstandard.ZstdDecompressor()
             self._local.decompressor = decompressor
         return decompressor
+
+
+def _aad(key: str, bound: bytes) -> bytes:
+    """Associated data: the full Redis key name, then what else the value is bound to."""
+    return key.encode() + b"\x00" + bound
 
 
 def offending_path(

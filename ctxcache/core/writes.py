@@ -63,7 +63,7 @@ class EncodedContext:
 
 
 def encode_context(
-    core: CacheCore, context: Mapping[str, Any], *, load_seconds: float = 0.0
+    core: CacheCore, who: Identity, context: Mapping[str, Any], *, load_seconds: float = 0.0
 ) -> EncodedContext:
     """Split and encode ``context``; raises :class:`InvalidContextError` before any I/O."""
     if not isinstance(context, Mapping):
@@ -71,29 +71,38 @@ def encode_context(
             f"a context must be a JSON object (a mapping), got {type(context).__name__}"
         )
     part, sections = core.layout.split(context)
-    return encode_parts(core, part, sections, load_seconds=load_seconds)
+    return encode_parts(core, who, part, sections, load_seconds=load_seconds)
 
 
 def encode_parts(
     core: CacheCore,
+    who: Identity,
     part: ClientPart | None,
     sections: Mapping[str, Any],
     *,
     load_seconds: float = 0.0,
 ) -> EncodedContext:
-    """Encode a client's part (if given) and company sections; raises on what JSON cannot hold."""
+    """Encode a client's part (if given) and company sections for ``who``'s keys (bound to
+    them when encrypting); raises on what JSON cannot hold."""
     codec = core.codec
     encoded: dict[str, bytes] = {}
     size = 0
     for name, value in sections.items():
         data = codec.serialize(value, where=name)
         size += len(data)
-        encoded[name] = codec.pack(KIND_SECTION, data, load_seconds=load_seconds)[0]
+        key = who.company.section(name)
+        encoded[name] = codec.pack(KIND_SECTION, data, load_seconds=load_seconds, key=key)[0]
     client_value = None
     if part is not None:
         data = codec.serialize(part.data)
         size += len(data)
-        client_value = codec.pack(KIND_CLIENT, data, meta=part.meta(), load_seconds=load_seconds)[0]
+        client_value = codec.pack(
+            KIND_CLIENT,
+            data,
+            meta=part.meta(),
+            load_seconds=load_seconds,
+            key=who.client.full_context,
+        )[0]
     if size > codec.max_context_bytes:
         codec.refuse_size(size)
     stored = len(client_value or b"") + sum(map(len, encoded.values()))
@@ -184,7 +193,7 @@ def set_context(
     """Store a whole context in its parts; ``False`` if not (all) written."""
     who = core.identify(phone, company_id)
     ttl_ms = core.ttl_ms(ttl)
-    encoded = encode_context(core, context)
+    encoded = encode_context(core, who, context)
     sections: Mapping[str, str] | None = None
     client_generation: str | None = None
     if generation is not None:
@@ -241,7 +250,9 @@ def update_client_section(
         stamp, new_value = b"", b""
         if replies[0] is not None:
             try:
-                part, stamp_or_none, kind = decode_part(core, replies[0], KIND_CLIENT)
+                part, stamp_or_none, kind = decode_part(
+                    core, replies[0], KIND_CLIENT, who.client.full_context, remember=False
+                )
             except UndecodableValueError as exc:
                 core.stats.add("corrupt")
                 logger.error("removing undecodable value at %s: %s", who.target, exc)
@@ -254,7 +265,7 @@ def update_client_section(
                 return False
             assert isinstance(part, ClientPart)
             stamp = stamp_or_none or b""
-            new_value = _replace_section(core, part, name, section_json)
+            new_value = _replace_section(core, who, part, name, section_json)
         command = Command(
             "UPDATE_CLIENT_PART", (stamp, new_value, ttl), UPDATE_CLIENT_PART, who.client.lease[:2]
         )
@@ -272,13 +283,17 @@ def update_client_section(
     return False
 
 
-def _replace_section(core: CacheCore, part: ClientPart, name: str, section_json: bytes) -> bytes:
+def _replace_section(
+    core: CacheCore, who: Identity, part: ClientPart, name: str, section_json: bytes
+) -> bytes:
     data = dict(part.data)
     data[name] = orjson.loads(section_json)
     order = part.order if name in part.order else (*part.order, name)
     updated = ClientPart(data=data, company=part.company, order=order)
     payload = core.codec.serialize(updated.data)
-    return core.codec.pack(KIND_CLIENT, payload, meta=updated.meta())[0]
+    return core.codec.pack(KIND_CLIENT, payload, meta=updated.meta(), key=who.client.full_context)[
+        0
+    ]
 
 
 def update_company_section(
@@ -288,7 +303,7 @@ def update_company_section(
     company = core.keys.company(validate_company_id(company_id))
     (name,) = core.layout.company_names([name])
     data = core.codec.serialize(value, where=name)
-    envelope = core.codec.pack(KIND_SECTION, data)[0]
+    envelope = core.codec.pack(KIND_SECTION, data, key=company.section(name))[0]
     ttl_ms = core.ttl_ms(None)
     command = Command(
         "UPDATE_COMPANY_SECTION",

@@ -68,6 +68,10 @@ COUNTERS: Final[Mapping[str, tuple[str, str]]] = {
     "ctxcache_coalesced": ("coalesced", "Misses served by another caller's load."),
     "ctxcache_uncacheable": ("uncacheable", "Loaded contexts JSON cannot hold: not cached."),
     "ctxcache_corrupt_fields": ("corrupt_fields", "Record fields that could not be decoded."),
+    "ctxcache_undecryptable": (
+        "undecryptable",
+        "Values and fields that failed to decrypt or were plain while encryption is required.",
+    ),
     "ctxcache_hook_applied_later": (
         "hook_applied_later",
         "Invalidations Redis refused in a booking hook, applied later by the hook's process.",

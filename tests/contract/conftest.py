@@ -24,8 +24,10 @@ How to add a backend (Cluster, Sentinel)
    answer, for fail-open) and ``url`` if other processes can reach it.
 3. After the ``yield``, clean up only what the test wrote: flush the test
    database (standalone) or delete the keys it wrote (shared servers).
-4. Register it: ``BACKENDS["cluster"] = my_backend``. Every contract test
-   then runs on it with both clients; with ``url`` set, so do the
+4. Register it in the :data:`BACKENDS` literal below (the fixtures' params
+   are read from it when this module is imported, so a later assignment is
+   too late). Every contract test then runs on it with both clients; with
+   ``url`` set (a URL ``ContextCache.from_url`` accepts), so do the
    cross-process tests (``networked_backend``).
 """
 
@@ -276,6 +278,11 @@ class Contract:
             made = Awaited(self._loop.run(build()), self._loop, self.backend.admin)
         self._made.append(made)
         return made
+
+    def close_cache(self, cache: Any) -> None:
+        """Close one cache now (it waits for its background refreshes)."""
+        self._made.remove(cache)
+        cache.close()
 
     def close(self) -> None:
         for made in self._made:

@@ -1,17 +1,19 @@
-"""What the contract adds for two clients: fail-open, L1 coherence across clients, loaders."""
+"""The contract for two clients: fail-open, L1 coherence and copies, stats, loaders."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from conftest import COMPANY, PHONE, make_settings
+from test_metrics import bucket_field, counters, minus, stats_hash
 from test_sections import Salon
 from test_wire import load_fixture
 
-from ctxcache import AsyncContextCache, ContextCache, WarmOutcome
+from ctxcache import AsyncContextCache, CacheStats, ContextCache, WarmOutcome
 
 from .conftest import CLIENTS, Backend, Contract
 
@@ -74,6 +76,56 @@ def test_l1_sees_writes_and_invalidations_of_other_caches_at_once(
     assert reader.stats().l1_hits == hits  # nothing was served without its fresh value
     assert reader.get_cached_full_context(PHONE, COMPANY) == context
     assert reader.stats().l1_hits > hits  # unchanged since: served from L1
+
+
+def test_by_default_callers_may_change_what_they_get(any_cache: ContextCache) -> None:
+    context = load_fixture()
+    any_cache.set_cached_full_context(PHONE, COMPANY, context)
+    first = any_cache.get_cached_full_context(PHONE, COMPANY)
+    assert first is not None
+    first["services"][0]["price"] = -1  # deep inside a company section
+    first["client"]["name"] = "changed"
+    first["startTime"] = 123  # the spec's { ...cachedContext, startTime }
+    again = any_cache.get_cached_full_context(PHONE, COMPANY)
+    assert again == context  # another caller sees none of it
+
+
+def test_flush_adds_exactly_the_counts(any_cache: ContextCache) -> None:
+    any_cache.load_full_context(PHONE, COMPANY, lambda p, c: {"a": 1})
+    any_cache.get_cached_full_context(PHONE, COMPANY)
+    any_cache.invalidate_cached_context(PHONE, COMPANY)
+    assert not any_cache.client.exists(any_cache.keys.stats)  # nothing before the interval
+    assert any_cache.flush_stats() is True
+    flushed = stats_hash(any_cache.client, any_cache)
+    assert counters(flushed) == minus(any_cache.stats(), CacheStats())
+    assert flushed[bucket_field(0.005)] == 1  # the fake clock did not move: 0 s
+    assert any_cache.flush_stats() is True  # nothing new: no change
+    assert stats_hash(any_cache.client, any_cache) == flushed
+
+
+def test_a_part_near_expiry_is_refreshed_in_the_background(contract: Contract) -> None:
+    """XFetch: the caller gets the valid value at once, a background refresh reloads it."""
+    clock = contract.clock
+    cache = contract.cache
+    calls: list[str] = []
+
+    def loader(phone: str, company_id: int) -> dict[str, Any]:
+        calls.append(phone)
+        clock.advance(2.0)  # each load takes 2 s of the fake clock
+        return {"client": {"n": len(calls)}, "services": [len(calls)]}
+
+    cache.core.random = lambda: 1.0  # -ln(1) = 0: never early
+    first = cache.load_full_context(PHONE, COMPANY, loader)
+    assert cache.load_full_context(PHONE, COMPANY, loader) == first
+    assert calls == [PHONE]
+    contract.redis.pexpire(KEY, 10_000)  # 10 s left
+    cache.core.random = lambda: math.exp(-6)  # 2 s x 1 x 6 = 12 >= 10: due
+    assert cache.load_full_context(PHONE, COMPANY, loader) == first  # at once
+    contract.close_cache(cache)  # waits for the background refresh
+    assert calls == [PHONE, PHONE]
+    assert cache.stats().early_refreshes == 1
+    fresh = contract.make().get_cached_full_context(PHONE, COMPANY)
+    assert fresh == {"client": {"n": 2}, "services": [2]}
 
 
 async def async_database(phone: str, company_id: int) -> dict[str, Any]:

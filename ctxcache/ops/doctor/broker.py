@@ -11,14 +11,13 @@ import threading
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-import redis
 from redis import exceptions as redis_errors
 
 from ctxcache.errors import ConfigurationError
 from ctxcache.settings import CacheSettings, redact_url
 from ctxcache.urls import redis_url_of_broker
 
-from .persistence import BROKER_CHECK_NAMES, broker_checks
+from .persistence import BROKER_CHECK_NAMES, broker_checks, broker_client
 from .report import Check
 
 __all__ = ["BrokerDoctor", "broker_url"]
@@ -108,9 +107,7 @@ class BrokerDoctor:
         server = redis_url_of_broker(url)
         if server is None:
             return Check("broker eviction", True, "not a Redis broker: messages are never evicted")
-        client = redis.Redis.from_url(
-            server, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
-        )
+        client = broker_client(self.settings, server, self.timeout)
         try:
             info = {**client.info("server"), **client.info("memory")}
         except redis_errors.RedisError as exc:

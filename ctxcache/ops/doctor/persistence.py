@@ -25,6 +25,7 @@ __all__ = [
     "BROKER_CHECK_NAMES",
     "SLOW_RECOVERY_SECONDS",
     "broker_checks",
+    "broker_client",
     "persistence_check",
     "recovery_check",
     "shared_server_check",
@@ -37,6 +38,9 @@ _OWN_SERVER_FIX: Final = (
     "give the broker a Redis server of its own (appendonly yes, appendfsync always, "
     "maxmemory-policy noeviction) or use RabbitMQ: set CTXCACHE_BROKER_URL"
 )
+
+# Marks an INFO dict whose CONFIG GET values were refused (ACL users, managed servers).
+CONFIG_REFUSED = "ctxcache:config-refused"
 
 
 def broker_checks(
@@ -55,7 +59,7 @@ def broker_checks(
             Check(BROKER_CHECK_NAMES[1], True, "RabbitMQ: not the cache's server"),
             recovery_check(settings, redis_broker=False),
         ]
-    client = redis.Redis.from_url(server, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = broker_client(settings, server, timeout)
     try:
         info: dict[str, Any] = {**client.info("server"), **client.info("persistence")}
         info.update(_config(client, "appendfsync", "save"))
@@ -71,6 +75,14 @@ def broker_checks(
     ]
 
 
+def broker_client(settings: CacheSettings, server: str, timeout: float) -> redis.Redis:
+    """A client of the broker's Redis server, with CTXCACHE_TLS_* when it is ``rediss://``."""
+    tls = settings.tls_options() if server.startswith("rediss://") else {}
+    return redis.Redis.from_url(
+        server, socket_timeout=timeout, socket_connect_timeout=timeout, **tls
+    )
+
+
 def _config(client: redis.Redis, *names: str) -> dict[str, str]:
     """CONFIG GET of ``names``; empty where the server refuses CONFIG (managed servers)."""
     found: dict[str, str] = {}
@@ -78,6 +90,7 @@ def _config(client: redis.Redis, *names: str) -> dict[str, str]:
         try:
             reply = client.config_get(name)
         except redis_errors.ResponseError:
+            found[CONFIG_REFUSED] = "CONFIG GET"  # an ACL user without it: say so, not guess
             continue
         for key, value in reply.items():
             found[key.decode() if isinstance(key, bytes) else str(key)] = (
@@ -89,6 +102,14 @@ def _config(client: redis.Redis, *names: str) -> dict[str, str]:
 def persistence_check(info: Mapping[str, Any]) -> Check:
     """From the broker's INFO persistence (and CONFIG appendfsync / save when allowed)."""
     name = BROKER_CHECK_NAMES[0]
+    if CONFIG_REFUSED in info:
+        aof = "append-only file on" if int(info.get("aof_enabled", 0)) else "no append-only file"
+        return Check(
+            name,
+            True,
+            f"{aof}; appendfsync and RDB snapshots not checked: CONFIG GET refused for this user",
+            "check appendfsync by hand, or allow +config|get for the user doctor runs as",
+        )
     if int(info.get("aof_enabled", 0)):
         fsync = str(info.get("appendfsync", "?"))
         detail = f"append-only file, appendfsync {fsync}"

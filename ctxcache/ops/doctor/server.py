@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any, Final
@@ -21,6 +23,7 @@ from redis.retry import Retry
 
 from ctxcache.client.connection import connect, primaries
 from ctxcache.client.sync import ContextCache
+from ctxcache.core.crypto import key_id
 from ctxcache.core.keys import KeyLayout
 from ctxcache.errors import ConfigurationError
 from ctxcache.ops.hints import TUNNEL_FIX, auth_hint, tls_hint
@@ -39,6 +42,23 @@ MIN_REDIS_VERSION: Final = (4, 0)
 GOOD_POLICIES: Final = frozenset({"allkeys-lru", "volatile-lru", "allkeys-lfu", "volatile-lfu"})
 _SCRATCH_PHONE: Final = "+79990000000"  # under a scratch prefix: never a real client's key
 _LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def speaks_tls(host: str, port: int, timeout: float) -> bool:
+    """Whether ``host:port`` answers a TLS handshake (not verified: this only asks the protocol)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a probe of the protocol: nothing is sent over it
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except ssl.SSLError as exc:
+        return "alert" in str(exc).lower()  # a TLS server that refused us (client certificate)
+    except OSError:
+        return False
 
 
 def is_loopback(target: RedisTarget) -> bool:
@@ -114,7 +134,7 @@ class RedisDoctor:
                 pool.disconnect()
 
     def run(self) -> list[Check]:
-        checks = [self.url_check()]
+        checks = [self.url_check(), self.protection_check()]
         if self.connect_error is not None:
             detail, _, fix = str(self.connect_error).partition("; ")
             checks.append(Check("redis reachable", False, detail, fix or "fix CTXCACHE_REDIS_URL"))
@@ -142,6 +162,22 @@ class RedisDoctor:
             )
         return Check("redis url", True, detail)
 
+    def protection_check(self) -> Check:
+        """Which of the opt-in protections of personal data are on (README "Security")."""
+        keys = self.settings.encryption_key_list()
+        if keys:
+            ids = [key_id(key).hex() for key in keys]
+            values = f"values encrypted with key {ids[0]}"
+            if len(ids) > 1:
+                values += f" (also opened: {', '.join(ids[1:])})"
+            if self.settings.require_encryption:
+                values += "; plain values refused"
+        else:
+            values = "values not encrypted (CTXCACHE_ENCRYPTION_KEYS)"
+        hashed = self.settings.key_secret is not None
+        phones = "phones in keys hashed" if hashed else "phones in key names (CTXCACHE_KEY_SECRET)"
+        return Check("data protection", True, f"{values}; {phones}")
+
     def connection_checks(self) -> list[Check]:
         target = self.target
         where = f"{target.host}:{target.port}" if target.host else self.shown
@@ -155,7 +191,8 @@ class RedisDoctor:
             detail = f"{exc} (sent: {sent})"
             return [reached, Check("redis auth", False, detail, auth_hint(self.settings, str(exc)))]
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-            failed = Check("redis reachable", False, f"{self.shown}: {exc}", self._reach_fix(port))
+            fix = self._reach_fix(port, str(exc))
+            failed = Check("redis reachable", False, f"{self.shown}: {exc}", fix)
             return [failed, Check("redis auth", False, "not run", skipped=True)]
         except redis_errors.InvalidResponse as exc:
             detail = f"{where} answers, but not as Redis: {exc}"
@@ -183,7 +220,25 @@ class RedisDoctor:
             ]
         return [reached, Check("redis auth", True, "no password needed (loopback)")]
 
-    def _reach_fix(self, port: int | None) -> str:
+    def _reach_fix(self, port: int | None, message: str = "") -> str:
+        if "certificate verify failed" in message.lower():
+            ca = self.settings.tls_ca_file or "the system's CAs (CTXCACHE_TLS_CA_FILE is not set)"
+            return (
+                f"the server's certificate is not trusted by {ca}, or names another host: "
+                "set CTXCACHE_TLS_CA_FILE to the CA that signed it"
+            )
+        if "certificate required" in message.lower() or "alert" in message.lower():
+            return (
+                "the server refused the TLS handshake: it likely wants a client certificate "
+                "(CTXCACHE_TLS_CERT_FILE and CTXCACHE_TLS_KEY_FILE)"
+            )
+        if self.target.scheme == "redis" and speaks_tls(
+            self.target.host or "localhost", port or 6379, self.timeout
+        ):
+            return (
+                f"the server at {self.target.host}:{port} speaks TLS: use rediss:// "
+                "(and CTXCACHE_TLS_CA_FILE for a private CA)"
+            )
         if self._speaks_plain_text():
             return (
                 f"the server at {self.target.host}:{port} answers without TLS: "
@@ -227,7 +282,7 @@ class RedisDoctor:
         except redis_errors.RedisError as exc:
             info = {}
             version = Check(
-                "redis version", True, f"INFO refused: {exc}", "allow INFO for this user"
+                "redis version", True, f"INFO refused: {exc}", "allow +info for this user"
             )
         else:
             version = self.version_check(info)
@@ -238,6 +293,12 @@ class RedisDoctor:
             checks.append(cluster_slots_check(self.client))
         if info:
             checks += [self.maxmemory_check(info, count, average), self.policy_check(info)]
+        else:  # a restricted ACL user: say what was not checked, and how to check it
+            fix = "allow +info for the user doctor runs as, or check it on the server"
+            checks += [
+                Check(name, True, "not checked: INFO refused for this user", fix)
+                for name in ("maxmemory", "eviction policy")
+            ]
         checks.append(self.round_trip())
         return checks
 

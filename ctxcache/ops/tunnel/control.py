@@ -415,7 +415,7 @@ def _ping(settings: CacheSettings, port: int, timeout: float) -> tuple[bool, str
     client = redis.Redis(
         host="127.0.0.1",
         port=port,
-        username=unquote(url.username) if url.username else None,
+        username=unquote(url.username) if url.username else settings.redis_username,
         password=password or None,  # REDIS_PASSWORD= (empty) means none
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

@@ -1,10 +1,15 @@
-"""The generation an invalidation produces, and the safety net that checks it still holds."""
+"""The generation an invalidation produces, and the safety net that checks it still holds.
+
+On every client and backend: the safety net is what survives a failover.
+"""
 
 from __future__ import annotations
 
-from conftest import COMPANY, PHONE
+from conftest import COMPANY, PHONE, make_settings
 
 from ctxcache import ContextCache, EnsureOutcome
+
+from .conftest import Contract
 
 KEY = f"full_context:{COMPANY}:{PHONE}"
 GEN_KEY = "{" + KEY + "}:gen"
@@ -56,12 +61,7 @@ def test_safety_net_without_a_generation_invalidates(any_cache: ContextCache) ->
     assert any_cache.get_cached_full_context(PHONE, COMPANY) is None
 
 
-def test_unreachable_redis_reports_unavailable(clock: object) -> None:
-    from conftest import free_port, make_settings
-
-    cache = ContextCache.from_settings(
-        make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", breaker_threshold=100)
-    )
+def test_unreachable_redis_reports_unavailable(contract: Contract) -> None:
+    cache = contract.make(make_settings(breaker_threshold=100), dead=True)
     assert cache.apply_invalidation(PHONE, COMPANY) is None
     assert cache.ensure_invalidated(PHONE, COMPANY, 5) is EnsureOutcome.UNAVAILABLE
-    cache.close()
