@@ -205,3 +205,74 @@ def test_a_required_replica_that_never_answers_means_not_done(
         assert cache.get_cached_full_context(PHONE, COMPANY) is None  # applied, just not safe
     finally:
         cache.close()
+
+
+def test_an_unacknowledged_safety_net_is_unavailable_so_the_task_retries(
+    real_client: redis.Redis, clock: FakeClock
+) -> None:
+    from ctxcache.core.invalidation import EnsureOutcome
+
+    cache = ContextCache.from_settings(
+        make_settings(invalidation_replicas="1", invalidation_wait_timeout=0.02),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    try:
+        # No replica to acknowledge: not done, and the task raises (and retries) on this.
+        assert cache.ensure_invalidated(PHONE, COMPANY, None) is EnsureOutcome.UNAVAILABLE
+    finally:
+        cache.close()
+
+
+# -- Misconfiguration: an error at start-up naming the variable, or a doctor FAIL ---------
+
+
+def test_a_cluster_url_at_a_plain_server_fails_at_start_naming_the_variable(
+    real_redis_url: str,
+) -> None:
+    from ctxcache.errors import ConfigurationError
+
+    host_port = real_redis_url.split("//")[1].split("/")[0]
+    with pytest.raises(ConfigurationError) as info:
+        ContextCache.from_url(f"redis+cluster://{host_port}")
+    assert info.value.variable == "CTXCACHE_REDIS_URL"
+    assert "without cluster mode" in str(info.value)
+
+
+@pytest.mark.sentinel
+def test_an_unknown_sentinel_master_is_a_doctor_fail_with_the_names(
+    local_sentinel: LocalSentinel,
+) -> None:
+    from ctxcache.ops.doctor import run_checks
+
+    url = local_sentinel.url().replace(local_sentinel.master_name, "no-such-master")
+    checks = {c.name: c for c in run_checks(make_settings(redis_url=url), celery=False)}
+    reach = checks["redis reachable"]
+    assert not reach.ok
+    assert "no master named 'no-such-master'" in (reach.fix or "")
+    assert local_sentinel.master_name in (reach.fix or "")
+
+
+def test_uncovered_slots_are_a_doctor_fail_with_the_fix() -> None:
+    from ctxcache.ops.doctor.ha import cluster_slots_check
+
+    class Partial:
+        def cluster_info(self) -> dict[str, object]:
+            return {"cluster_slots_assigned": 10923, "cluster_state": "fail"}
+
+    check = cluster_slots_check(Partial())
+    assert not check.ok
+    assert "10,923 of 16,384" in check.detail
+    assert "redis-cli --cluster fix" in (check.fix or "")
+
+
+@pytest.mark.cluster
+def test_a_broker_on_a_cluster_node_is_a_doctor_fail(local_cluster: LocalCluster) -> None:
+    from ctxcache.ops.doctor.broker import BrokerDoctor
+
+    node = f"redis://127.0.0.1:{local_cluster.nodes[0].port}/0"
+    check = BrokerDoctor(make_settings(broker_url=node), 2.0, None).broker_eviction(node)
+    assert check.name == "broker type"
+    assert not check.ok
+    assert "Celery does not support Redis Cluster" in check.detail
+    assert "sentinel://" in (check.fix or "")
