@@ -16,6 +16,8 @@ SUITES: dict[str, str] = {
     "celery": "benchmarks.celery_tasks",
     "peers": "benchmarks.peers",
     "faults": "benchmarks.faults",
+    "sections": "benchmarks.sections",
+    "l1": "benchmarks.l1",
     "asyncio": "benchmarks.aio",
     "security": "benchmarks.security",
     "scaleout": "benchmarks.scaleout",

@@ -43,7 +43,7 @@ PHONE = "+79001234567"
 COMPANY_ID = 962302
 COROUTINES = 100
 THREAD_POOLS = (100, 8)
-# copy (the default): each caller gets its own copy of the cached context, so a
+# copy: each caller gets its own copy of the cached context, so a
 # hit's CPU is mostly that copy; shared: read-only sections, no copy, so a hit
 # is mostly its one round trip, where the I/O model shows.
 L1_MODES = ("copy", "shared")

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -37,7 +35,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +48,9 @@ from benchmarks.common import (
     NAMESPACE,
     bench_cache,
     bench_url,
-    cpu_model,
     delete_bench_keys,
     ensure_room,
+    machine,
     table,
     write_results,
 )
@@ -440,12 +437,8 @@ class KeyWatcher:
 def environment(admin: redis.Redis, cache_url: str) -> dict[str, Any]:
     libraries = ("celery", "kombu", "amqp", "redis", "hiredis")
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "platform": platform.platform(),
-        "cpu": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
+        **machine(libraries),
         "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "libraries": {name: metadata.version(name) for name in libraries},
         "redis_server": str(admin.info("server")["redis_version"]),
         "cache_url": redact_url(cache_url),
     }

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import gc
 import json
 import os
 import platform
 import statistics
+import time
+from collections.abc import Callable, Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +58,69 @@ def load_fixture() -> tuple[Path, bytes, dict[str, Any]]:
     return path, raw, context
 
 
-def bench_cache(url: str, prefix: str = NAMESPACE) -> ContextCache:
-    """A cache on ``url`` whose every key starts with ``prefix`` (other settings: environment)."""
-    return ContextCache.from_settings(CacheSettings.load(redis_url=url, key_prefix=prefix))
+def bench_cache(url: str, prefix: str = NAMESPACE, **settings: Any) -> ContextCache:
+    """A cache on ``url`` whose every key starts with ``prefix``.
+
+    ``settings`` override fields of :class:`CacheSettings` (``l1_mode=...``);
+    the rest come from the environment.
+    """
+    loaded = CacheSettings.load(redis_url=url, key_prefix=prefix, **settings)
+    return ContextCache.from_settings(loaded)
+
+
+def round_robin(
+    ops: dict[str, Callable[[], object]], iterations: int, warmup: int
+) -> dict[str, list[int]]:
+    """Time every op once per iteration, the starting op rotating; nanoseconds per call.
+
+    Machine noise then lands on all of them alike; compare their medians.
+    """
+    names = list(ops)
+    timings: dict[str, list[int]] = {name: [] for name in names}
+    clock = time.perf_counter_ns
+    gc.collect()  # the setup's garbage is nobody's cost
+    for i in range(warmup + iterations):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            op = ops[name]
+            start = clock()
+            op()
+            elapsed = clock() - start
+            if i >= warmup:
+                timings[name].append(elapsed)
+    return timings
+
+
+def machine(libraries: Iterable[str]) -> dict[str, Any]:
+    """Date, machine, Python and library versions, for a suite's results."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "platform": platform.platform(),
+        "cpu": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
+        "python": platform.python_version(),
+        "libraries": {name: metadata.version(name) for name in libraries},
+    }
+
+
+def environment(admin: redis.Redis, url: str, libraries: Iterable[str]) -> dict[str, Any]:
+    """:func:`machine`, and the Redis a suite ran on."""
+    return {
+        **machine(libraries),
+        "redis_server": str(admin.info("server")["redis_version"]),
+        "redis_url": redact_url(url),
+    }
+
+
+def used_memory(admin: redis.Redis) -> int:
+    return int(admin.info("memory")["used_memory"])
+
+
+def memory_usage(admin: redis.Redis, keys: Iterable[str]) -> int:
+    """The sum of ``MEMORY USAGE`` over ``keys`` (pipelined), which other clients cannot move."""
+    pipe = admin.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+    return sum(int(used or 0) for used in pipe.execute())
 
 
 def delete_bench_keys(client: redis.Redis, *extra_patterns: str) -> int:

@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -33,7 +29,6 @@ from benchmarks.common import (
     NAMESPACE,
     bench_cache,
     bench_url,
-    cpu_model,
     delete_bench_keys,
     ensure_room,
     iteration_options,
@@ -43,9 +38,11 @@ from benchmarks.common import (
     table,
     write_results,
 )
+from benchmarks.common import (
+    environment as common_environment,
+)
 from ctxcache import ContextCache
 from ctxcache.core.writes import encode_context
-from ctxcache.settings import redact_url
 
 PHONE = "+79001234567"
 COMPANY_ID = 962302
@@ -338,17 +335,9 @@ def spec_comparison(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def environment(admin: redis.Redis, url: str, fixture: Path, size: int) -> dict[str, Any]:
-    versions = {
-        name: metadata.version(name) for name in ("redis", "hiredis", "orjson", "zstandard")
-    }
+    libraries = ("redis", "hiredis", "orjson", "zstandard")
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "platform": platform.platform(),
-        "cpu": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
-        "python": platform.python_version(),
-        "libraries": versions,
-        "redis_server": str(admin.info("server")["redis_version"]),
-        "redis_url": redact_url(url),
+        **common_environment(admin, url, libraries),
         "fixture": fixture.name,
         "fixture_bytes": size,
     }

@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import datetime
 import logging
 import os
-import platform
 import random
 import re
 import statistics
@@ -39,7 +37,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +45,7 @@ import redis
 from celery import Celery
 
 import tasks
-from benchmarks.common import cpu_model, iteration_options, table, write_results
+from benchmarks.common import iteration_options, machine, table, write_results
 from benchmarks.fault_servers import CeleryWorker, RedisServer, rabbitmq_vhost
 from ctxcache import CacheSettings, ContextCache, InvalidationFailedError
 from tasks import runtime
@@ -320,11 +317,7 @@ def environment() -> dict[str, Any]:
     )
     server = version.stdout.split()
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "platform": platform.platform(),
-        "cpu": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
-        "python": platform.python_version(),
-        "libraries": {name: metadata.version(name) for name in libraries},
+        **machine(libraries),
         "redis_server": next((w[2:] for w in server if w.startswith("v=")), "?"),
     }
 

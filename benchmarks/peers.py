@@ -21,17 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import gc
 import inspect
 import json
-import os
 import pickle
-import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -40,7 +36,7 @@ import redis
 import redis.asyncio.connection
 import redis.connection
 from cashews import Cache
-from dogpile.cache import make_region
+from dogpile.cache import CacheRegion, make_region
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -49,7 +45,6 @@ from benchmarks.common import (
     NAMESPACE,
     bench_cache,
     bench_url,
-    cpu_model,
     delete_bench_keys,
     ensure_room,
     iteration_options,
@@ -59,7 +54,9 @@ from benchmarks.common import (
     table,
     write_results,
 )
-from ctxcache.settings import redact_url
+from benchmarks.common import (
+    environment as common_environment,
+)
 
 PHONE = "+79001234567"
 COMPANY_ID = 962302
@@ -163,15 +160,7 @@ def contenders(url: str, context: dict[str, Any]) -> list[Contender]:
         loader=ctx_loader,
     )
 
-    region = make_region().configure(
-        "dogpile.cache.redis",
-        arguments={
-            "url": url,
-            "redis_expiration_time": TTL,
-            "distributed_lock": True,
-            "thread_local_lock": False,  # as dogpile's docs pair it; it warns otherwise
-        },
-    )
+    region = dogpile_region(url)
     dogpile_creator = CountingLoader(context)
     dogpile = Contender(
         "dogpile.cache",
@@ -238,6 +227,19 @@ def contenders(url: str, context: dict[str, Any]) -> list[Contender]:
         loader=plain_loader,
     )
     return [ctxcache, dogpile, cashews_, plain_json]
+
+
+def dogpile_region(url: str) -> CacheRegion:
+    """dogpile.cache's Redis region as its documentation configures it (pickle, no compression)."""
+    return make_region().configure(
+        "dogpile.cache.redis",
+        arguments={
+            "url": url,
+            "redis_expiration_time": TTL,
+            "distributed_lock": True,
+            "thread_local_lock": False,  # as dogpile's docs pair it; it warns otherwise
+        },
+    )
 
 
 # -- measurements ------------------------------------------------------------------------
@@ -380,13 +382,7 @@ async def measure_memory(
 
 def environment(admin: redis.Redis, url: str, fixture: str, size: int) -> dict[str, Any]:
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "platform": platform.platform(),
-        "cpu": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
-        "python": platform.python_version(),
-        "libraries": {name: metadata.version(name) for name in LIBRARIES},
-        "redis_server": str(admin.info("server")["redis_version"]),
-        "redis_url": redact_url(url),
+        **common_environment(admin, url, LIBRARIES),
         "fixture": fixture,
         "fixture_bytes": size,
     }

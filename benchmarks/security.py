@@ -129,6 +129,8 @@ def measure_encryption(
     try:
         figures = _hit_and_set(secured, plain, context, iterations, warmup)
         stored = secured.describe_cached_context(PHONE, COMPANY_ID)
+        if stored is None:
+            raise RuntimeError("the encrypted context was not cached")
         figures["stored_bytes"] = sum(part.stored_bytes for part in stored.parts)
         figures["target"] = TARGET_ENCRYPTION_RATIO
     finally:

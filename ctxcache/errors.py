@@ -30,6 +30,20 @@ __all__ = [
 class CtxCacheError(Exception):
     """Base class of every ctxcache error."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exception's own pickling replays only ``args``, which would fail on the
+        # keyword-only fields below; process pools and Celery results pickle errors.
+        return (_rebuild_error, (type(self), self.args, self.__dict__))
+
+
+def _rebuild_error(
+    cls: type[CtxCacheError], args: tuple[object, ...], state: dict[str, object]
+) -> CtxCacheError:
+    error = cls.__new__(cls, *args)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigurationError(CtxCacheError):
     """A setting is invalid or a dotted path does not resolve.

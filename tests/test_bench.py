@@ -122,3 +122,23 @@ def test_celery_suite_keeps_to_its_namespace_and_restores_the_config(
     assert everything(spare_redis.port) == theirs  # their queued invalidation included
     assert admin.config_get("notify-keyspace-events") == setting  # the run's K$g is gone
     admin.close()
+
+
+@pytest.mark.celery
+def test_sections_and_l1_suites_run_tiny_and_keep_to_their_namespace(
+    spare_redis: SpareRedis, tmp_path: Path
+) -> None:
+    theirs = seed(spare_redis.port)
+    url = f"redis://127.0.0.1:{spare_redis.port}/0"
+    result = run(
+        "-m", "benchmarks", "sections", "l1", "--quick", "--iterations", "5", "--url", url,
+        "--results", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    sections = json.loads((tmp_path / "sections.quick.json").read_text())
+    assert sections["memory"]["one_company"]["sectioned"]["used_memory_delta"] > 0
+    assert sections["staleness"]["fresh_at_first_read_after_hook"] == 5
+    l1 = json.loads((tmp_path / "l1.quick.json").read_text())
+    assert l1["wire"]["all_parts_in_l1"]["received"] < l1["wire"]["l1_off"]["received"] / 100
+    assert l1["early_refresh"]["beta_0"]["loads_background"] == 0
+    assert everything(spare_redis.port) == theirs

@@ -17,6 +17,7 @@ from test_wire import load_fixture
 
 from ctxcache import ContextCache
 from ctxcache.core.l1 import FrozenDict, FrozenList, L1Cache, ReadOnlySectionError, freeze, thaw
+from ctxcache.core.layout import DEFAULT_COMPANY_SECTIONS
 
 OTHER = "+79007654321"
 SECTIONS = 5  # company sections of the fixture
@@ -111,6 +112,19 @@ def test_a_repeated_hit_is_served_from_l1_after_one_small_round_trip(
     # A new client of the same company: its own part alone comes over the wire.
     any_cache.load_full_context(OTHER, COMPANY, Salon(context))
     assert any_cache.stats().l1_hits == 1 + 2 * SECTIONS
+
+
+def test_copy_mode_callers_may_change_anything(clock: FakeClock) -> None:
+    import fakeredis
+
+    cache = ContextCache(fakeredis.FakeRedis(), make_settings(l1_mode="copy"), clock=clock)
+    context = load_fixture()
+    cache.set_cached_full_context(PHONE, COMPANY, context)
+    first = cache.get_cached_full_context(PHONE, COMPANY)
+    assert first is not None
+    first["services"][0]["price"] = -1  # deep inside a company section
+    first["client"]["name"] = "changed"
+    assert cache.get_cached_full_context(PHONE, COMPANY) == context
 
 
 def test_shared_mode_hands_out_read_only_sections(clock: FakeClock) -> None:
@@ -235,6 +249,24 @@ def test_beta_zero_turns_early_refresh_off(
     cache.load_full_context(PHONE, COMPANY, loader)
     cache.close()
     assert calls == [PHONE]
+
+
+def test_a_due_company_section_refreshes_them_all_in_one_load(
+    cache_factory: Callable[..., ContextCache], clock: FakeClock
+) -> None:
+    # One at a time, each would cost a load, and the company's lock held for one
+    # made the refreshes of the others skip until they expired.
+    cache = refreshing_cache(cache_factory, clock, Draws(1.0))
+    salon = Salon()
+    salon.on_sections = lambda: clock.advance(2.0)  # the sections' load takes 2 s
+    cache.load_full_context(PHONE, COMPANY, salon)
+    cache.client.pexpire(f"{{company_context:{COMPANY}}}:section:staffSchedules", 10_000)
+    cache.core.random = Draws(math.exp(-6))  # 2 s x 6 = 12 >= 10 s: only that one is due
+    cache.load_full_context(PHONE, COMPANY, salon)
+    cache.close()
+    assert salon.sections == [DEFAULT_COMPANY_SECTIONS, DEFAULT_COMPANY_SECTIONS]
+    assert salon.clients == [PHONE]
+    assert cache.stats().early_refreshes == 1
 
 
 def test_a_part_is_never_refreshed_twice_at_once(

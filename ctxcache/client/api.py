@@ -161,6 +161,10 @@ class CacheMethods:
         The client's part and its company's sections, merged into the dict
         that was stored (or loaded), in its key order. A hit needs every part
         it was stored with: if any is missing the read is a miss.
+
+        The dict and the client's sections are the caller's own; the company
+        sections are shared and read-only (``ReadOnlySectionError``;
+        ``ctxcache.thaw`` gives a private copy) unless ``CTXCACHE_L1_MODE=copy``.
         """
         return reads.get_context(self.core, phone, company_id)
 
@@ -209,7 +213,8 @@ class CacheMethods:
         result loaded while it was invalidated is returned but not cached; so
         is one JSON cannot hold (logged, counted as ``uncacheable``). A loader
         that returns ``None`` (unknown client) gives ``None``, caching
-        nothing. Loader errors propagate.
+        nothing. Loader errors propagate. What the caller may change: as for
+        :meth:`get_cached_full_context`.
         """
         return loads.load_context(self.core, phone, company_id, loader, refresh.early_refresh)
 

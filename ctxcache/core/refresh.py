@@ -163,8 +163,11 @@ def early_refresh(core: CacheCore, who: Identity, loader: Loader, parts: Parts) 
         return
     refresh_client = "client" in due or not isinstance(loader, SectionedLoader)
     sections = tuple(name for name in due if name != "client")
-    if not isinstance(loader, SectionedLoader):
-        sections = tuple(parts.sections)  # a plain loader reloads it all at once
+    if sections or not isinstance(loader, SectionedLoader):
+        # All of them in one load: they were stored together and expire together,
+        # and one at a time would cost a load each while the company's lock,
+        # held for one, makes the refreshes of the others skip (and expire).
+        sections = tuple(parts.sections)
     keys = {who.company.section(name) for name in sections}
     if refresh_client:
         keys.add(who.client.full_context)

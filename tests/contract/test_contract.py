@@ -13,7 +13,13 @@ from test_metrics import bucket_field, counters, minus, stats_hash
 from test_sections import Salon
 from test_wire import load_fixture
 
-from ctxcache import AsyncContextCache, CacheStats, ContextCache, WarmOutcome
+from ctxcache import (
+    AsyncContextCache,
+    CacheStats,
+    ContextCache,
+    ReadOnlySectionError,
+    WarmOutcome,
+)
 
 from .conftest import CLIENTS, Backend, Contract
 
@@ -78,14 +84,16 @@ def test_l1_sees_writes_and_invalidations_of_other_caches_at_once(
     assert reader.stats().l1_hits > hits  # unchanged since: served from L1
 
 
-def test_by_default_callers_may_change_what_they_get(any_cache: ContextCache) -> None:
+def test_by_default_nothing_a_caller_changes_reaches_another(any_cache: ContextCache) -> None:
     context = load_fixture()
     any_cache.set_cached_full_context(PHONE, COMPANY, context)
     first = any_cache.get_cached_full_context(PHONE, COMPANY)
     assert first is not None
-    first["services"][0]["price"] = -1  # deep inside a company section
-    first["client"]["name"] = "changed"
+    first["client"]["name"] = "changed"  # the client's own sections: private
+    first["conversation"].append({"role": "user", "text": "new"})
     first["startTime"] = 123  # the spec's { ...cachedContext, startTime }
+    with pytest.raises(ReadOnlySectionError):  # a company section: refused, not shared
+        first["services"][0]["price"] = -1
     again = any_cache.get_cached_full_context(PHONE, COMPANY)
     assert again == context  # another caller sees none of it
 
