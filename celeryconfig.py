@@ -54,6 +54,10 @@ broker_transport_options: dict[str, Any] = {
     "socket_timeout": 5,
     "socket_connect_timeout": _settings.publish_timeout,
 }
+if broker_url.lower().startswith("sentinel://"):
+    # kombu's Sentinel transport: the sentinels of the URL(s) name the master, and
+    # the workers follow it through a failover. Celery has no Redis Cluster transport.
+    broker_transport_options["master_name"] = _settings.effective_broker_master_name
 if _settings.broker_key_prefix:
     # Redis broker: every queue, binding and unacked key starts with the prefix, so
     # two namespaces (the tests', the demo's, a second deployment) can share a

@@ -20,6 +20,7 @@ SUITES: dict[str, str] = {
     "l1": "benchmarks.l1",
     "asyncio": "benchmarks.aio",
     "security": "benchmarks.security",
+    "scaleout": "benchmarks.scaleout",
 }
 
 

@@ -27,7 +27,7 @@ from ctxcache.core.wire import (
     DEFAULT_MAX_CONTEXT_BYTES,
     JsonDefault,
 )
-from ctxcache.errors import ConfigurationError
+from ctxcache.errors import ConfigurationError, InvalidUrlError
 from ctxcache.protocols import resolve_callable
 from ctxcache.urls import check_broker_url, default_broker_url, parse_cache_url
 
@@ -89,6 +89,12 @@ class CacheSettings(BaseSettings):
     breaker_threshold: int = Field(default=3, ge=1)
     breaker_cooldown: float = Field(default=5.0, gt=0)
 
+    # Invalidations wait for replicas (WAIT) before they count as done, so a
+    # failover cannot lose them: "auto" asks for 1 where the server has replicas
+    # connected, a number asks for that many always (0: never wait).
+    invalidation_replicas: int | Literal["auto"] = Field(default="auto")
+    invalidation_wait_timeout: float = Field(default=0.1, gt=0, le=60)
+
     lock_ttl: float = Field(default=30.0, gt=0)
     lock_wait: float = Field(default=10.0, ge=0)
 
@@ -99,6 +105,8 @@ class CacheSettings(BaseSettings):
 
     # Celery side (tasks/ and celeryconfig.py).
     broker_url: str | None = None
+    broker_master_name: str | None = None
+    """The master a ``sentinel://`` broker's sentinels watch (kombu's ``master_name``)."""
     broker_key_prefix: str = ""
     """Prefix of every key a Redis broker writes (kombu's ``global_keyprefix``)."""
     loader: str | None = None
@@ -260,6 +268,36 @@ class CacheSettings(BaseSettings):
         self.section_layout()  # raises ConfigurationError naming the variable
         return self
 
+    @field_validator("invalidation_replicas", mode="before")
+    @classmethod
+    def _replicas(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str) and not (value.strip().isdigit() and int(value) <= 16):
+            raise ValueError("must be auto or a number of replicas from 0 to 16")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_ha(self) -> CacheSettings:
+        # Checked here, at start-up, rather than when a worker connects.
+        explicit = "invalidation_wait_timeout" in self.model_fields_set  # else it adapts
+        if explicit and self.invalidation_wait_timeout >= self.socket_timeout:
+            raise ConfigurationError(
+                "invalid ctxcache setting: CTXCACHE_INVALIDATION_WAIT_TIMEOUT: must be shorter"
+                f" than CTXCACHE_SOCKET_TIMEOUT ({self.socket_timeout:g} s), or the wait for"
+                " replicas would time the connection out",
+                variable="CTXCACHE_INVALIDATION_WAIT_TIMEOUT",
+            )
+        sentinel = self.broker_url and self.broker_url.lower().startswith("sentinel://")
+        if sentinel and not self.broker_master_name:
+            raise ConfigurationError(
+                "invalid ctxcache setting: CTXCACHE_BROKER_MASTER_NAME: must be set for a"
+                " sentinel:// broker: the name of the master its sentinels watch"
+                " (e.g. mymaster)",
+                variable="CTXCACHE_BROKER_MASTER_NAME",
+            )
+        return self
+
     def section_layout(self) -> SectionLayout:
         """The layout of sections and scopes that ``CTXCACHE_*_SECTIONS`` describe."""
         return SectionLayout(
@@ -335,12 +373,27 @@ class CacheSettings(BaseSettings):
         if self.broker_url:
             return self.broker_url
         password = self.redis_password.get_secret_value() if self.redis_password else None
-        return default_broker_url(
-            parse_cache_url(self.effective_redis_url),
-            password,
-            fallback_username=self.redis_username,
-            tls=self.tls_options(),
-        )
+        try:
+            return default_broker_url(
+                parse_cache_url(self.effective_redis_url),
+                password,
+                fallback_username=self.redis_username,
+                tls=self.tls_options(),
+            )
+        except InvalidUrlError as exc:  # a Cluster cache: Celery needs a broker of its own
+            raise ConfigurationError(
+                f"invalid ctxcache setting: CTXCACHE_BROKER_URL: {exc}",
+                variable="CTXCACHE_BROKER_URL",
+            ) from None
+
+    @property
+    def effective_broker_master_name(self) -> str | None:
+        """The master name of a ``sentinel://`` broker: the setting, else the cache's own."""
+        if self.broker_master_name:
+            return self.broker_master_name
+        if self.broker_url:
+            return None
+        return parse_cache_url(self.effective_redis_url).master_name
 
     @property
     def broker_reason(self) -> str:

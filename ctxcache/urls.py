@@ -10,6 +10,11 @@ inputs; the settings prefix them with the variable's name.
 
 The default broker is derived here too: the cache's server, next database
 (``redis+socket://`` when the cache is on a unix socket).
+
+Highly available deployments have schemes of their own:
+``redis+cluster://h1:7000,h2:7001`` (a Redis Cluster, seed nodes) and
+``redis+sentinel://s1:26379,s2:26379/<master-name>/<db>`` (the master that
+Sentinel names), each with a ``rediss+`` form for TLS.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from ctxcache.errors import InvalidUrlError
 __all__ = [
     "BROKER_SCHEMES",
     "CACHE_SCHEMES",
+    "CLUSTER_SCHEMES",
+    "SENTINEL_SCHEMES",
     "RedisTarget",
     "broker_tls",
     "check_broker_url",
@@ -36,11 +43,27 @@ __all__ = [
     "redis_url_of_broker",
 ]
 
-CACHE_SCHEMES: Final = ("redis", "rediss", "unix")
-BROKER_SCHEMES: Final = ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp")
+CLUSTER_SCHEMES: Final = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEMES: Final = ("redis+sentinel", "rediss+sentinel")
+CACHE_SCHEMES: Final = ("redis", "rediss", "unix", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES)
+BROKER_SCHEMES: Final = (
+    "redis",
+    "rediss",
+    "redis+socket",
+    "sentinel",
+    "amqp",
+    "amqps",
+    "pyamqp",
+)
+_TLS_SCHEMES: Final = frozenset({"rediss", "rediss+cluster", "rediss+sentinel", "amqps"})
 _DEFAULT_PORTS: Final = {
     "redis": 6379,
     "rediss": 6379,
+    "redis+cluster": 6379,
+    "rediss+cluster": 6379,
+    "redis+sentinel": 26379,
+    "rediss+sentinel": 26379,
+    "sentinel": 26379,
     "amqp": 5672,
     "pyamqp": 5672,
     "amqps": 5671,
@@ -148,12 +171,24 @@ _BROKER_TLS_OPTIONS: Final[Mapping[str, Callable[[str], object]]] = {
     "ssl_keyfile": _text,
     "ssl_check_hostname": _flag,
 }
-_SECRET_OPTIONS: Final = frozenset({"password", "ssl_password"})
+_SECRET_OPTIONS: Final = frozenset({"password", "ssl_password", "sentinel_password"})
+# Sentinels may have credentials of their own (sentinel's requirepass); without
+# them, they are asked without a password.
+_SENTINEL_OPTIONS: Final[Mapping[str, Callable[[str], object]]] = {
+    "sentinel_username": _text,
+    "sentinel_password": _text,
+}
+_MASTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
-    """A checked cache URL: where the server is, which database, with which options."""
+    """A checked cache URL: where the server is, which database, with which options.
+
+    For a Cluster ``nodes`` are the seed nodes, for Sentinel the sentinels
+    (``master_name`` names the master they watch); ``host`` and ``port`` are
+    the first of them.
+    """
 
     scheme: str
     host: str | None  # None for a unix socket
@@ -163,11 +198,26 @@ class RedisTarget:
     username: str | None
     password: str | None = field(repr=False)
     options: tuple[tuple[str, str], ...] = ()
+    nodes: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
 
     @property
     def password_in_url(self) -> bool:
         """A password in the URL's user part or its ``?password=``: REDIS_PASSWORD is not used."""
         return self.password is not None
+
+    @property
+    def topology(self) -> str:
+        """``"standalone"``, ``"cluster"`` or ``"sentinel"``."""
+        if self.scheme in CLUSTER_SCHEMES:
+            return "cluster"
+        if self.scheme in SENTINEL_SCHEMES:
+            return "sentinel"
+        return "standalone"
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme in _TLS_SCHEMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +253,8 @@ def _credentials(userinfo: str | None) -> tuple[str | None, str | None]:
     return unquote(user) or None, unquote(secret) if colon else None
 
 
-def _host_and_port(parts: _Parts) -> tuple[str, int]:
-    text = parts.hostport
+def _host_and_port(parts: _Parts, text: str | None = None) -> tuple[str, int]:
+    text = parts.hostport if text is None else text
     if text.startswith("["):
         end = text.find("]")
         after = text[end + 1 :] if end >= 0 else ""
@@ -273,15 +323,67 @@ def _database(path: str, what: str = "database") -> int | None:
     return int(number)
 
 
+def _node_list(parts: _Parts, example: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port``, each checked; a node named twice is a typo."""
+    nodes = []
+    for text in parts.hostport.split(","):
+        if not text.strip():
+            raise InvalidUrlError(f"has an empty host in its node list; write e.g. {example}")
+        nodes.append(_host_and_port(parts, text.strip()))
+    if len(set(nodes)) != len(nodes):
+        raise InvalidUrlError("names a node twice in its node list")
+    return tuple(nodes)
+
+
+def _ha_target(
+    parts: _Parts, options: tuple[tuple[str, str], ...], username: str | None, password: str | None
+) -> RedisTarget:
+    """A ``redis+cluster://`` or ``redis+sentinel://`` URL's target."""
+    query = dict(options)
+    if parts.scheme in CLUSTER_SCHEMES:
+        nodes = _node_list(parts, "redis+cluster://10.0.0.1:7000,10.0.0.2:7000")
+        if "db" in query or parts.path.strip("/"):
+            raise InvalidUrlError(
+                "a Redis Cluster has only database 0: drop the /<db> path and ?db= option"
+            )
+        return RedisTarget(
+            parts.scheme, *nodes[0], None, 0, username, password, options, nodes=nodes
+        )
+    nodes = _node_list(parts, "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster")
+    segments = parts.path.strip("/").split("/") if parts.path.strip("/") else []
+    if not segments or len(segments) > 2:
+        raise InvalidUrlError(
+            "needs the master's name after the sentinels, and optionally a database: "
+            "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0"
+        )
+    name = unquote(segments[0])
+    if not _MASTER_NAME.fullmatch(name):
+        raise InvalidUrlError(f"master name {_cut(name)} is not letters, digits, '.', '_' or '-'")
+    path_db = _database("/" + segments[1]) if len(segments) == 2 else None
+    query_db = int(query["db"]) if "db" in query else None
+    if path_db is not None and query_db is not None and path_db != query_db:
+        raise InvalidUrlError(f"two database numbers: /{path_db} and ?db={query_db}")
+    db = query_db if query_db is not None else path_db or 0
+    return RedisTarget(parts.scheme, *nodes[0], None, db, username, password, options, nodes, name)
+
+
 def parse_cache_url(url: str) -> RedisTarget:
-    """Check a cache URL (``redis://``, ``rediss://``, ``unix://``) as redis-py will read it."""
+    """Check a cache URL as redis-py will read it.
+
+    ``redis://``, ``rediss://``, ``unix://``; ``redis+cluster://`` and
+    ``redis+sentinel://`` (and their ``rediss+`` forms) for Cluster and Sentinel.
+    """
     parts = _split(url, CACHE_SCHEMES, "redis://127.0.0.1:6379/0")
-    accepted = {**_REDIS_OPTIONS, **(_TLS_OPTIONS if parts.scheme == "rediss" else {})}
+    accepted = {**_REDIS_OPTIONS, **(_TLS_OPTIONS if parts.scheme in _TLS_SCHEMES else {})}
+    if parts.scheme in SENTINEL_SCHEMES:
+        accepted.update(_SENTINEL_OPTIONS)
     options = _options(parts.query, accepted)
     username, password = _credentials(parts.userinfo)
     query = dict(options)
     password = password if password is not None else query.get("password")
     username = username or query.get("username")
+    if parts.scheme in CLUSTER_SCHEMES or parts.scheme in SENTINEL_SCHEMES:
+        return _ha_target(parts, options, username, password)
     query_db = int(query["db"]) if "db" in query else None
     if parts.scheme == "unix":
         if parts.hostport or not parts.path.startswith("/") or parts.path == "/":
@@ -307,10 +409,12 @@ def check_broker_url(url: str) -> None:
 
 
 def _check_one_broker(url: str) -> None:
-    if url.strip().lower().startswith("sentinel://"):
+    scheme = url.strip().partition("://")[0].lower()
+    if scheme in CLUSTER_SCHEMES:
         raise InvalidUrlError(
-            "sentinel:// brokers need a master name, which ctxcache cannot pass to Celery yet; "
-            "use redis://, rediss:// or amqp://"
+            "Celery cannot use a Redis Cluster as its broker (kombu has no Cluster transport): "
+            "use a Sentinel-managed Redis (sentinel://host:26379/0 with "
+            "CTXCACHE_BROKER_MASTER_NAME) or RabbitMQ (amqp://)"
         )
     parts = _split(url, BROKER_SCHEMES, "amqp://guest:guest@127.0.0.1:5672// or redis://...")
     if parts.scheme == "redis+socket":
@@ -325,7 +429,7 @@ def _check_one_broker(url: str) -> None:
     tls = parts.scheme in ("rediss", "amqps")
     _options(parts.query, {**_BROKER_OPTIONS, **(_BROKER_TLS_OPTIONS if tls else {})})
     _host_and_port(parts)
-    if parts.scheme in ("redis", "rediss"):
+    if parts.scheme in ("redis", "rediss", "sentinel"):
         _database(parts.path)  # kombu reads the path as the database number
 
 
@@ -344,7 +448,18 @@ def default_broker_url(
     over, and ``rediss://`` keeps redis-py's default of verifying the
     certificate (kombu's would be not to); ``tls`` (``CTXCACHE_TLS_*``) fills
     in what the URL does not say. ``fallback_username`` is the ACL user.
+
+    A Sentinel cache gets a ``sentinel://`` broker on the same sentinels (the
+    master name goes to Celery as a transport option, see
+    ``CacheSettings.broker_master_name``). A Cluster cache has no default:
+    Celery cannot use a Cluster, so this raises :class:`InvalidUrlError`.
     """
+    if cache.topology == "cluster":
+        raise InvalidUrlError(
+            "must be set when CTXCACHE_REDIS_URL is a Redis Cluster: Celery cannot use a "
+            "Cluster as its broker; use a Sentinel-managed Redis (sentinel://host:26379/0 "
+            "with CTXCACHE_BROKER_MASTER_NAME) or RabbitMQ (amqp://)"
+        )
     neighbour = cache.db + 1 if cache.db < 15 else cache.db - 1  # 16 databases by default
     password = cache.password if cache.password is not None else fallback_password
     username = cache.username or fallback_username
@@ -357,8 +472,13 @@ def default_broker_url(
     if cache.socket_path is not None:
         path = quote(cache.socket_path)
         return f"redis+socket://{userinfo}{path}?virtual_host={neighbour}"
-    host = f"[{cache.host}]" if cache.host and ":" in cache.host else cache.host
-    url = f"{cache.scheme}://{userinfo}{host}:{cache.port}/{neighbour}"
+    if cache.topology == "sentinel":
+        # kombu reads the password of the first URL for the master (and each URL's host).
+        return ";".join(
+            f"sentinel://{userinfo if i == 0 else ''}{_bracketed(host)}:{port}/{neighbour}"
+            for i, (host, port) in enumerate(cache.nodes)
+        )
+    url = f"{cache.scheme}://{userinfo}{_bracketed(cache.host or '')}:{cache.port}/{neighbour}"
     if cache.scheme == "rediss":
         chosen = {k: v for k, v in cache.options if k in _BROKER_TLS_OPTIONS}
         for name, value in (tls or {}).items():
@@ -366,6 +486,10 @@ def default_broker_url(
         chosen.setdefault("ssl_cert_reqs", "required")
         url += "?" + urlencode(chosen)
     return url
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def broker_tls(options: Mapping[str, str]) -> dict[str, object]:

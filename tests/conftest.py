@@ -30,6 +30,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
+from servers import LocalCluster, LocalSentinel, missing_binaries
 
 from ctxcache import CacheSettings, ContextCache
 from ctxcache.settings import redact_url
@@ -345,3 +346,68 @@ def spare_redis_factory(tmp_path: Any) -> Iterator[Callable[..., SpareRedis]]:
 def persistent_redis(spare_redis_factory: Callable[..., SpareRedis]) -> SpareRedis:
     """A private redis-server whose data survives a restart (appendfsync always)."""
     return spare_redis_factory(appendfsync="always")
+
+
+# -- Highly available deployments (tests/servers.py) -------------------------------------
+# Started once per session, and only when a test asks for them (cluster creation
+# takes ~6 s, sentinel ~5 s); on loopback ports from CTXCACHE_TEST_HA_PORT.
+HA_FIRST_PORT = int(os.environ.get("CTXCACHE_TEST_HA_PORT", "7100"))
+
+
+def _require_ha_binaries() -> None:
+    missing = missing_binaries()
+    if missing:
+        message = f"{', '.join(missing)} not installed (.ci/run installs them)"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: Cluster and Sentinel tests must run)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real Redis Cluster: 3 primaries, 3 replicas; emptied by ``cluster_cache``."""
+    _require_ha_binaries()
+    cluster = LocalCluster(HA_FIRST_PORT, tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def local_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
+    """A real Sentinel deployment: a master, a replica and 3 sentinels."""
+    _require_ha_binaries()
+    sentinel = LocalSentinel(HA_FIRST_PORT + 10, tmp_path_factory.mktemp("sentinel"))
+    try:
+        sentinel.start()
+        yield sentinel
+    finally:
+        sentinel.stop()
+
+
+@pytest.fixture
+def cluster_cache(local_cluster: LocalCluster, clock: FakeClock) -> Iterator[ContextCache]:
+    """A cache on the local Cluster, emptied before and after the test."""
+    local_cluster.wait_healthy()
+    local_cluster.flush()
+    cache = ContextCache.from_settings(
+        make_settings(redis_url=local_cluster.url), clock=clock, sleep=clock.sleep
+    )
+    yield cache
+    cache.close()
+    local_cluster.flush()
+
+
+@pytest.fixture
+def sentinel_cache(local_sentinel: LocalSentinel, clock: FakeClock) -> Iterator[ContextCache]:
+    """A cache on the master the local sentinels name, emptied before and after the test."""
+    local_sentinel.wait_healthy()
+    local_sentinel.flush()
+    cache = ContextCache.from_settings(
+        make_settings(redis_url=local_sentinel.url()), clock=clock, sleep=clock.sleep
+    )
+    yield cache
+    cache.close()
+    local_sentinel.flush()

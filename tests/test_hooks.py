@@ -194,3 +194,27 @@ def test_retry_delays_stay_under_every_visibility_timeout(invalidate: int, other
     cap, retries = retry_schedule(settings)
     assert 1 <= cap <= max(1, min(invalidate, other) / 3)
     assert retries * cap / 2 >= RETRY_SPAN_SECONDS  # about a day of retries
+
+
+@pytest.mark.celery
+def test_an_invalidation_no_replica_acknowledged_is_queued_not_reported_done(
+    app: Celery, real_client: Any
+) -> None:
+    # WAIT 1 on a server without replicas: applied on the primary, but not safe from a
+    # failover, so the hook reports it queued (the worker retries until acknowledged).
+    unsafe = ContextCache.from_settings(
+        make_settings(invalidation_replicas="1", invalidation_wait_timeout=0.02)
+    )
+    runtime.reset()
+    runtime.configure(cache=unsafe)
+    try:
+        outcome = booking_created(PHONE, COMPANY, app=app)
+        assert outcome is InvalidationOutcome.QUEUED_ONLY
+        outright = {"staffSchedules": None, "businessStats": None}
+        assert queued_messages(app) == [
+            (INVALIDATE_TASK, [PHONE, COMPANY], {"generation": None, "sections": outright})
+        ]
+        assert unsafe.stats().unacknowledged == 1
+    finally:
+        runtime.reset()
+        unsafe.close()

@@ -145,7 +145,7 @@ def test_a_good_broker_url_passes_and_kombu_accepts_it(url: str) -> None:
         ("amqp://guest@mq:5672//?heartbeat=often", "heartbeat='often' must be a whole number"),
         ("redis+socket://redis.sock", "redis+socket:// needs the socket's absolute path"),
         ("redis+socket:///tmp/r.sock?virtual_host=x", "virtual_host='x'"),
-        ("sentinel://127.0.0.1:26379", "sentinel:// brokers need a master name"),
+        ("redis+cluster://10.0.0.1:7000", "Celery cannot use a Redis Cluster as its broker"),
         ("redis://127.0.0.1:6379/1;redis://127.0.0.1:99999/1", "port '99999'"),
     ],
 )

@@ -16,9 +16,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, Unpack
 
+from redis.exceptions import RedisClusterException
+
 from ctxcache.client.api import CacheMethods, CoreOptions
-from ctxcache.client.connection import connect_async
-from ctxcache.client.steps import FlowRunner, queue_commands
+from ctxcache.client.connection import cluster_failure, connect_async
+from ctxcache.client.steps import FlowRunner, check_routes, queue_commands
 from ctxcache.core.steps import Background, CallLoader, Flow, Pause, RoundTrip, Step
 from ctxcache.settings import CacheSettings
 
@@ -90,9 +92,18 @@ class AsyncContextCache(CacheMethods):
 
     async def _answer(self, step: Step) -> Any:
         if isinstance(step, RoundTrip):
-            pipe = self.client.pipeline(transaction=False)
-            queue_commands(pipe, step.commands)
-            return await pipe.execute(raise_on_error=False)
+            if self.core.cluster:
+                try:  # the slot map is read at the first use; a routed command needs it
+                    await self.client.initialize()
+                except RedisClusterException as exc:
+                    raise cluster_failure(exc) from exc
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                checks = queue_commands(pipe, step.commands)
+                results = await pipe.execute(raise_on_error=False)
+            except RedisClusterException as exc:  # a slot map being rebuilt: Redis unusable
+                raise cluster_failure(exc) from exc
+            return check_routes(pipe, checks, results) if checks else results
         if isinstance(step, CallLoader):
             return await _call_loader(step.function, step.args)
         if isinstance(step, Pause):

@@ -28,6 +28,7 @@ from typing import (
 
 from redis import exceptions as redis_errors
 
+from ctxcache.client.connection import is_cluster
 from ctxcache.core import invalidation, loads, reads, records, refresh, writes
 from ctxcache.core.engine import CacheCore, Identity, Unavailable
 from ctxcache.core.invalidation import EnsureOutcome, Invalidation
@@ -132,6 +133,7 @@ class CacheMethods:
             layout=options.get("layout"),
             json_default=options.get("json_default"),
         )
+        self.core.cluster = is_cluster(client)  # a Cluster waits for replicas slot by slot
         self.keys = self.core.keys
         self.codec = self.core.codec
         self.breaker = self.core.breaker

@@ -15,9 +15,14 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from redis.exceptions import ClusterError, RedisClusterException
+
 from ctxcache.core.steps import Command, Flow, Step
 
-__all__ = ["FlowRunner", "queue_commands"]
+__all__ = ["FlowRunner", "RouteCheck", "check_routes", "queue_commands"]
+
+# (position in the trip, the key it followed, the node it went to)
+RouteCheck = tuple[int, str, str]
 
 T = TypeVar("T")
 
@@ -70,11 +75,21 @@ class FlowRunner(Generic[T]):
         return result
 
 
-def queue_commands(pipe: Any, commands: Iterable[Command]) -> None:
-    """Buffer ``commands`` on a redis-py pipeline (sync, asyncio or Cluster alike)."""
-    for command in commands:
+def queue_commands(pipe: Any, commands: Iterable[Command]) -> list[RouteCheck]:
+    """Buffer ``commands`` on a redis-py pipeline (sync, asyncio or Cluster alike).
+
+    Returns what :func:`check_routes` needs to tell whether a routed command
+    (``Command.route``) reached the primary its key's slot still has.
+    """
+    checks: list[RouteCheck] = []
+    cluster = _cluster_of(pipe)
+    for position, command in enumerate(commands):
         script = command.script
-        if script is None:
+        if command.route is not None and cluster is not None:
+            node = cluster.get_node_from_key(command.route)
+            checks.append((position, command.route, node.name))
+            pipe.execute_command(command.name, *command.args, target_nodes=node)
+        elif script is None:
             pipe.execute_command(command.name, *command.args)
         elif command.send_source:
             pipe.execute_command(
@@ -84,3 +99,27 @@ def queue_commands(pipe: Any, commands: Iterable[Command]) -> None:
             pipe.execute_command(
                 "EVALSHA", script.sha, len(command.keys), *command.keys, *command.args
             )
+    return checks
+
+
+def check_routes(pipe: Any, checks: list[RouteCheck], results: list[Any]) -> list[Any]:
+    """Replace the answer of a routed command whose slot moved meanwhile with an error.
+
+    A ``WAIT`` on the old primary of a slot that failed over or was resharded
+    counted replicas of writes that went elsewhere: it proves nothing.
+    """
+    cluster = _cluster_of(pipe)
+    for position, key, name in checks:
+        try:
+            now = cluster.get_node_from_key(key).name if cluster is not None else name
+        except RedisClusterException:  # the slot has no primary right now (a failover)
+            now = None
+        if now != name:
+            results[position] = ClusterError(f"the slot of {key!r} moved during the trip")
+    return results
+
+
+def _cluster_of(pipe: Any) -> Any:
+    """The ``RedisCluster`` behind a Cluster pipeline (sync or asyncio), else None."""
+    client = getattr(pipe, "cluster_client", pipe)  # the asyncio pipeline keeps its client
+    return client if hasattr(client, "get_node_from_key") else None

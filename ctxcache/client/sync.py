@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, Unpack
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from ctxcache.client.api import CacheMethods, CoreOptions
-from ctxcache.client.connection import connect
-from ctxcache.client.steps import FlowRunner, queue_commands
+from ctxcache.client.connection import cluster_failure, connect
+from ctxcache.client.steps import FlowRunner, check_routes, queue_commands
 from ctxcache.core.steps import Background, CallLoader, Flow, Pause, RoundTrip, Step
 from ctxcache.settings import CacheSettings
 
@@ -85,9 +86,13 @@ class ContextCache(CacheMethods):
 
     def _answer(self, step: Step) -> Any:
         if isinstance(step, RoundTrip):
-            pipe = self.client.pipeline(transaction=False)
-            queue_commands(pipe, step.commands)
-            return pipe.execute(raise_on_error=False)
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                checks = queue_commands(pipe, step.commands)
+                results = pipe.execute(raise_on_error=False)
+            except RedisClusterException as exc:  # a slot map being rebuilt: Redis unusable
+                raise cluster_failure(exc) from exc
+            return check_routes(pipe, checks, results) if checks else results
         if isinstance(step, CallLoader):
             return _call_loader(step)
         if isinstance(step, Pause):

@@ -26,12 +26,14 @@ from ctxcache.core.keys import ClientKeys, CompanyKeys, KeyLayout, validate_comp
 from ctxcache.core.l1 import L1Cache
 from ctxcache.core.layout import SectionLayout
 from ctxcache.core.phone import normalize_phone
+from ctxcache.core.replication import ReplicaPolicy
 from ctxcache.core.scripts import PUSH_STATS
 from ctxcache.core.stats import StatsRecorder, stats_arguments
 from ctxcache.core.steps import Command, Flow, RoundTrip
 from ctxcache.core.wire import JsonDefault, WireCodec
 from ctxcache.errors import InvalidTTLError
 from ctxcache.settings import CacheSettings
+from ctxcache.urls import parse_cache_url
 
 __all__ = ["UNAVAILABLE", "CacheCore", "Identity", "Unavailable"]
 
@@ -134,6 +136,9 @@ class CacheCore:
         self.random = random if random is not None else lambda: 1.0 - _random.random()  # noqa: S311 - not a secret
         self.refreshing: set[str] = set()  # parts this process is refreshing now
         self.refreshing_lock = threading.Lock()
+        # A Cluster waits for replicas slot by slot; the client shell may correct this.
+        self.cluster = parse_cache_url(settings.effective_redis_url).topology == "cluster"
+        self.replicas = ReplicaPolicy(self)
 
     # -- input ----------------------------------------------------------------------
 
@@ -238,6 +243,8 @@ class CacheCore:
         results: list[Any] = yield RoundTrip(commands, operation, target)
         unknown = [i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)]
         if unknown:
+            # A WAIT counts replicas of the writes before it: after scripts sent again, again.
+            unknown += [i for i, c in enumerate(commands) if c.name == "WAIT"]
             again = tuple(dataclasses.replace(commands[i], send_source=True) for i in unknown)
             retried: list[Any] = yield RoundTrip(again, operation, target)
             for i, result in zip(unknown, retried, strict=True):

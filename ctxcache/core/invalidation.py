@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctxcache.core.engine import CacheCore, Identity, Unavailable
+from ctxcache.core.replication import wait_commands, waits_acknowledged
 from ctxcache.core.scripts import (
     INVALIDATE,
     INVALIDATE_IF_BEHIND,
@@ -98,8 +99,8 @@ def apply_invalidation(
     """Invalidate the client's part (if ``client``) and ``sections``, in one round trip."""
     target = who.target
     commands = _commands(who, client, dict.fromkeys(sections), core.settings.generation_ttl)
-    replies = yield from core.redis("INVALIDATE", target, commands)
-    if isinstance(replies, Unavailable):
+    replies = yield from _replicated(core, "INVALIDATE", target, commands)
+    if replies is None:
         return None
     client_generation = int(replies.pop(0)[1]) if client else None
     generations = dict(zip(sections, map(int, replies[0]), strict=True)) if sections else {}
@@ -123,8 +124,8 @@ def ensure_invalidated(
     """
     target = who.target
     commands = _commands(who, client, sections, core.settings.generation_ttl)
-    replies = yield from core.redis("ENSURE_INVALIDATED", target, commands)
-    if isinstance(replies, Unavailable):
+    replies = yield from _replicated(core, "ENSURE_INVALIDATED", target, commands)
+    if replies is None:
         return EnsureOutcome.UNAVAILABLE
     reapplied = 0
     for command, reply in zip(commands, replies, strict=True):
@@ -143,6 +144,33 @@ def ensure_invalidated(
     core.stats.add("invalidations", reapplied)
     logger.warning("invalidation of %s had been undone (or was never applied): applied", target)
     return EnsureOutcome.REAPPLIED
+
+
+def _replicated(
+    core: CacheCore, operation: str, target: str, commands: list[Command]
+) -> Flow[list[Any] | None]:
+    """Run ``commands`` and wait for replicas in the same round trip (see core.replication).
+
+    ``None`` when Redis failed or too few replicas acknowledged in time: the
+    invalidation is then not reported done (the primary may have it; applying
+    it again is harmless).
+    """
+    waits = yield from wait_commands(core, commands)
+    if waits is None:
+        return None
+    replies = yield from core.redis(operation, target, [*commands, *waits])
+    if isinstance(replies, Unavailable):
+        return None
+    if waits and not waits_acknowledged(core, waits, replies[len(commands) :]):
+        core.stats.add("unacknowledged")
+        logger.warning(
+            "invalidation of %s not acknowledged by %s replica(s) within %d ms: not done yet",
+            target,
+            waits[0].args[0],
+            core.replicas.timeout_ms,
+        )
+        return None
+    return replies[: len(commands)]
 
 
 def _forget(core: CacheCore, who: Identity, client: bool, sections: tuple[str, ...]) -> None:

@@ -212,7 +212,8 @@ def _log_corrupt(core: CacheCore, target: str, exc: Exception) -> None:
 def drop_corrupt(core: CacheCore, keys: list[str], target: str) -> Flow[None]:
     """Delete values that could not be decoded, so the next read is a plain miss."""
     if keys:
-        yield from core.redis("DEL", target, [Command("DEL", tuple(keys))])
+        # One DEL per key: a client's part and its company's sections are in two slots.
+        yield from core.redis("DEL", target, [Command("DEL", (key,)) for key in keys])
 
 
 def count_lookup(core: CacheCore, who: Identity, parts: Parts, context: object) -> None:

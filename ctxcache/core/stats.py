@@ -78,6 +78,7 @@ class CacheStats:
     sets: int = 0  # parts written
     superseded: int = 0  # writes dropped because an invalidation came first
     invalidations: int = 0  # parts invalidated
+    unacknowledged: int = 0  # invalidations no replica acknowledged in time (retried)
     updates: int = 0  # partial updates of a section
     coalesced: int = 0  # misses served by another caller's load (stampede avoided)
     uncacheable: int = 0  # loaded contexts returned but not cached (JSON cannot hold them)

@@ -26,6 +26,10 @@ class Command:
 
     A script goes by its SHA1 (``EVALSHA``), or with its source (``EVAL``)
     when ``send_source`` is set: the core asks for that after ``NOSCRIPT``.
+    ``route`` is for a command without keys that must reach the server of a
+    key's slot (``WAIT`` after that slot's writes, ``ROLE``): in a Cluster the
+    client sends it to that slot's primary, and answers with an error if the
+    slot moved while the trip ran (the wait then says nothing).
     """
 
     name: str
@@ -33,6 +37,7 @@ class Command:
     script: LuaScript | None = None
     keys: tuple[str, ...] = ()
     send_source: bool = False
+    route: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from redis import exceptions as redis_errors
 
 from ctxcache import ContextCache, WarmOutcome
+from ctxcache.client.connection import primaries
 from ctxcache.core.stats import (
     COUNTER_NAMES,
     FLOAT_FIELDS,
@@ -67,6 +68,10 @@ COUNTERS: Final[Mapping[str, tuple[str, str]]] = {
     "ctxcache_sets": ("sets", "Parts written: clients' parts and company sections."),
     "ctxcache_superseded": ("superseded", "Writes dropped: invalidated while loading."),
     "ctxcache_invalidations": ("invalidations", "Parts invalidated (and record updates)."),
+    "ctxcache_invalidations_unacknowledged": (
+        "unacknowledged",
+        "Invalidations no replica acknowledged in time (WAIT): not reported done, retried.",
+    ),
     "ctxcache_updates": ("updates", "Partial updates of one section."),
     "ctxcache_coalesced": ("coalesced", "Misses served by another caller's load."),
     "ctxcache_uncacheable": ("uncacheable", "Loaded contexts JSON cannot hold: not cached."),
@@ -257,36 +262,40 @@ def _parse_hash(raw: Mapping[bytes | str, bytes | str]) -> tuple[CacheStats, dic
 
 
 def _size_keys(cache: ContextCache, pattern: str, scan_limit: int) -> tuple[int, int]:
-    """Count the keys matching ``pattern`` and add up their MEMORY USAGE, walking ~scan_limit."""
+    """Count the keys matching ``pattern`` and add up their MEMORY USAGE, walking ~scan_limit.
+
+    In a Cluster every primary is scanned in turn (replicas hold copies).
+    """
     seen: set[bytes | str] = set()
     contexts = size = 0
-    cursor = 0
     walked = 0
-    while True:
-        count = max(1, min(_SCAN_COUNT, scan_limit - walked))
-        scan = functools.partial(cache.client.scan, cursor, match=pattern, count=count)
-        cursor, found = cache.run_guarded("SCAN", pattern, scan)
-        walked += count
-        batch = [key for key in found if key not in seen][: max(0, scan_limit - len(seen))]
-        seen.update(batch)
-        if batch:
-            sizes = cache.run_guarded(
-                "MEMORY USAGE",
-                pattern,
-                functools.partial(_memory_usage, cache.client, batch),
-            )
-            present = [s for s in sizes if s is not None]
-            contexts += len(present)
-            size += sum(present)
-        if cursor == 0:
-            break
-        if walked >= scan_limit or len(seen) >= scan_limit:
-            logger.info(  # at every scrape of a big server: not a warning
-                "stopped counting cached contexts after %d keys (scan_limit); "
-                "the count and size are lower bounds",
-                walked,
-            )
-            break
+    for shard in primaries(cache.client):
+        cursor = 0
+        while True:
+            count = max(1, min(_SCAN_COUNT, scan_limit - walked))
+            scan = functools.partial(shard.scan, cursor, match=pattern, count=count)
+            cursor, found = cache.run_guarded("SCAN", pattern, scan)
+            walked += count
+            batch = [key for key in found if key not in seen][: max(0, scan_limit - len(seen))]
+            seen.update(batch)
+            if batch:
+                sizes = cache.run_guarded(
+                    "MEMORY USAGE",
+                    pattern,
+                    functools.partial(_memory_usage, shard, batch),
+                )
+                present = [s for s in sizes if s is not None]
+                contexts += len(present)
+                size += sum(present)
+            if cursor == 0:
+                break
+            if walked >= scan_limit or len(seen) >= scan_limit:
+                logger.info(  # at every scrape of a big server: not a warning
+                    "stopped counting cached contexts after %d keys (scan_limit); "
+                    "the count and size are lower bounds",
+                    walked,
+                )
+                return contexts, size
     return contexts, size
 
 

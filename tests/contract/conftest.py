@@ -45,9 +45,10 @@ import fakeredis
 import pytest
 import redis
 from conftest import TEST_REDIS_URL, FakeClock, clear_test_database, make_settings, require_server
+from servers import LocalCluster, LocalSentinel
 
 from ctxcache import AsyncContextCache, CacheSettings, ContextCache
-from ctxcache.client.connection import connect, connect_async
+from ctxcache.client.connection import connect, connect_async, primaries
 
 CLIENTS = ("sync", "async")
 
@@ -105,18 +106,85 @@ def standalone_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     admin.close()
 
 
+class ClusterAdmin:
+    """A ``RedisCluster`` whose ``keys`` lists every primary's keys (KEYS is per node)."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+
+    def keys(self, pattern: str = "*") -> list[bytes]:
+        return all_keys(self.cluster, pattern)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cluster, name)
+
+
+def cluster_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The session's local Redis Cluster (3 primaries, 3 replicas), emptied around the test.
+
+    Its dead twin names a closed port: the sync client then builds its
+    ``RedisCluster`` late (``LateCluster``), the asyncio one at its first command.
+    """
+    local: LocalCluster = request.getfixturevalue("local_cluster")
+    local.wait_healthy()
+    local.flush()
+    settings = make_settings(redis_url=local.url)
+    dead = make_settings(redis_url=f"redis+cluster://127.0.0.1:{closed_port()}")
+    admin = ClusterAdmin(connect(settings))
+    yield Backend(
+        name="cluster",
+        admin=admin,
+        connect=lambda: connect(settings),
+        connect_async=lambda: connect_async(settings),
+        connect_dead=lambda: connect(dead),
+        connect_dead_async=lambda: connect_async(dead),
+        url=local.url,
+    )
+    local.flush()
+    admin.close()
+
+
+def sentinel_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The master that the session's local sentinels name, emptied around the test."""
+    local: LocalSentinel = request.getfixturevalue("local_sentinel")
+    local.wait_healthy()
+    local.flush()
+    settings = make_settings(redis_url=local.url())
+    dead = make_settings(redis_url=f"redis+sentinel://127.0.0.1:{closed_port()}/nobody")
+    admin = connect(settings)
+    yield Backend(
+        name="sentinel",
+        admin=admin,
+        connect=lambda: connect(settings),
+        connect_async=lambda: connect_async(settings),
+        connect_dead=lambda: connect(dead),
+        connect_dead_async=lambda: connect_async(dead),
+        url=local.url(),
+    )
+    local.flush()
+    admin.close()
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Iterator[Backend]]] = {
     "fakeredis": fakeredis_backend,
     "redis": standalone_backend,
+    "cluster": cluster_backend,
+    "sentinel": sentinel_backend,
 }
 
 
-@pytest.fixture(params=list(BACKENDS))
+def _marked(names: list[str]) -> list[Any]:
+    """Backends as parameters, the HA ones marked (``-m "not cluster"`` leaves them out)."""
+    marks = {"cluster": pytest.mark.cluster, "sentinel": pytest.mark.sentinel}
+    return [pytest.param(n, marks=[marks[n]] if n in marks else []) for n in names]
+
+
+@pytest.fixture(params=_marked(list(BACKENDS)))
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     yield from BACKENDS[request.param](request)
 
 
-@pytest.fixture(params=[name for name in BACKENDS if name != "fakeredis"])
+@pytest.fixture(params=_marked([name for name in BACKENDS if name != "fakeredis"]))
 def networked_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """The backends other processes can reach (every one but fakeredis)."""
     found = BACKENDS[request.param](request)
@@ -236,3 +304,8 @@ def contract(
 def any_cache(contract: Contract) -> Any:
     """The contract's cache: a ContextCache, or an AsyncContextCache behind :class:`Awaited`."""
     return contract.cache
+
+
+def all_keys(client: Any, pattern: str) -> list[bytes]:
+    """The keys matching ``pattern`` on every primary (a Cluster's KEYS answers for one node)."""
+    return [key for shard in primaries(client) for key in shard.keys(pattern)]

@@ -24,7 +24,7 @@ from ctxcache import (
 )
 from ctxcache.core.wire import MAGIC, WIRE_VERSION
 
-from .conftest import Contract
+from .conftest import Contract, all_keys
 
 KEY = f"full_context:{COMPANY}:{PHONE}"
 
@@ -171,7 +171,7 @@ def test_a_loader_result_that_is_not_a_mapping_raises(any_cache: ContextCache) -
 
 def test_a_loader_that_does_not_know_the_client_gives_none(any_cache: ContextCache) -> None:
     assert any_cache.load_full_context(PHONE, COMPANY, lambda p, c: None) is None
-    assert not any_cache.client.keys("*context*")  # nothing cached, no lock left
+    assert not all_keys(any_cache.client, "*context*")  # nothing cached, no lock left
 
 
 @pytest.mark.parametrize("ttl", [0, -5, "12h", True, float("nan")])

@@ -63,5 +63,9 @@ async def stampede(backend: Backend, total: int) -> tuple[list[Any], int]:
             await cache.client.incr(worker.ARRIVED)
             return await cache.load_full_context(worker.PHONE, worker.COMPANY, loader)
 
+        # redis.asyncio.RedisCluster (redis-py 8.1, retries off) races when many commands
+        # are its very first ones: the cache's own trips read the slot map first; the
+        # loader's raw client calls above need it read before they run together.
+        await cache.ping()
         results = await asyncio.gather(*(call() for _ in range(COROUTINES)))
         return list(results), cache.stats().loads

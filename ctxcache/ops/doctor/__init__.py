@@ -52,5 +52,4 @@ def run_checks(
             checks += BrokerDoctor(settings, timeout, doctor.run_id).run()
         return checks
     finally:
-        doctor.client.close()
-        doctor.client.connection_pool.disconnect()
+        doctor.close()

@@ -83,13 +83,21 @@ class BrokerDoctor:
                 checks.append(Check(name, False, "not run: no broker", skipped=True))
             return checks
         checks = [Check("broker reachable", True, f"{shown} ({why})"), self.broker_eviction(url)]
+        if checks[-1].name == "broker type":  # a Cluster node: nothing else is worth checking
+            return checks
         checks += broker_checks(self.settings, url, self.run_id, self.timeout)
         return checks + self.worker_checks(url)
 
     def _connect_broker(self, url: str) -> None:
         import kombu
 
-        options = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
+        options: dict[str, object] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+        }
+        master = self.settings.effective_broker_master_name
+        if master and url.lower().startswith("sentinel://"):
+            options["master_name"] = master
         with kombu.Connection(url, connect_timeout=self.timeout, transport_options=options) as conn:
             conn.ensure_connection(
                 max_retries=1, interval_start=0, interval_step=0, timeout=math.ceil(self.timeout)
@@ -108,6 +116,15 @@ class BrokerDoctor:
             )
         finally:
             client.close()
+        if info.get("redis_mode") == "cluster":
+            return Check(
+                "broker type",
+                False,
+                "the broker's Redis is a Cluster node: Celery does not support Redis Cluster as a"
+                " broker (kombu has no Cluster transport; a queue's keys hash to other nodes)",
+                "point CTXCACHE_BROKER_URL at a Sentinel-managed Redis (sentinel://host:26379/0"
+                " with CTXCACHE_BROKER_MASTER_NAME), a standalone Redis or RabbitMQ (amqp://)",
+            )
         policy = str(info.get("maxmemory_policy", "?"))
         shared = self.run_id is not None and info.get("run_id") == self.run_id
         where = "the cache's own server" if shared else "its server"

@@ -21,14 +21,16 @@ from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ctxcache.client.connection import connect
+from ctxcache.client.connection import connect, primaries
 from ctxcache.client.sync import ContextCache
 from ctxcache.core.crypto import key_id
 from ctxcache.core.keys import KeyLayout
+from ctxcache.errors import ConfigurationError
 from ctxcache.ops.hints import TUNNEL_FIX, auth_hint, tls_hint
 from ctxcache.settings import DEVELOPMENT_PORT, CacheSettings, redact_url
 from ctxcache.urls import RedisTarget, parse_cache_url, password_source
 
+from .ha import cluster_slots_check, sentinel_fix
 from .report import Check, human_bytes
 
 __all__ = ["RedisDoctor", "is_loopback"]
@@ -114,12 +116,30 @@ class RedisDoctor:
         self.url = settings.effective_redis_url
         self.target = parse_cache_url(self.url)
         self.shown = redact_url(self.url)
-        self.client = connect(settings, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.run_id: str | None = None
+        self.connect_error: ConfigurationError | None = None
+        try:
+            self.client: Any = connect(
+                settings, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        except ConfigurationError as exc:  # a Cluster client reads the slot map when built
+            self.client = None
+            self.connect_error = exc
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            pool = getattr(self.client, "connection_pool", None)
+            if pool is not None:
+                pool.disconnect()
 
     def run(self) -> list[Check]:
         checks = [self.url_check(), self.protection_check()]
-        checks += self.connection_checks()
+        if self.connect_error is not None:
+            detail, _, fix = str(self.connect_error).partition("; ")
+            checks.append(Check("redis reachable", False, detail, fix or "fix CTXCACHE_REDIS_URL"))
+        else:
+            checks += self.connection_checks()
         if checks[-1].ok:
             checks += self.server_checks()
         else:
@@ -132,7 +152,8 @@ class RedisDoctor:
 
     def url_check(self) -> Check:
         detail = f"{self.shown} ({self.reason})"
-        if self.target.scheme == "redis" and not is_loopback(self.target):
+        plain = self.target.scheme in ("redis", "redis+cluster", "redis+sentinel")
+        if plain and not is_loopback(self.target):
             return Check(
                 "redis url",
                 True,
@@ -230,6 +251,8 @@ class RedisDoctor:
             return TUNNEL_FIX + "; or set CTXCACHE_REDIS_URL (CTXCACHE_ENV=production uses 6379)"
         if self.settings.redis_url is None:
             return "start Redis on this host (port 6379), or set CTXCACHE_REDIS_URL"
+        if self.target.topology == "sentinel":
+            return sentinel_fix(self.target, self.timeout)
         return f"check that Redis runs at {self.shown} (redis-cli ping) or fix CTXCACHE_REDIS_URL"
 
     def _speaks_plain_text(self) -> bool:
@@ -255,7 +278,7 @@ class RedisDoctor:
 
     def server_checks(self) -> list[Check]:
         try:
-            info: dict[str, Any] = {**self.client.info("server"), **self.client.info("memory")}
+            info = self._info()
         except redis_errors.RedisError as exc:
             info = {}
             version = Check(
@@ -266,6 +289,8 @@ class RedisDoctor:
             self.run_id = str(info.get("run_id") or "") or None
         contexts, count, average = self.contexts_check()
         checks = [version, contexts]
+        if self.target.topology == "cluster":
+            checks.append(cluster_slots_check(self.client))
         if info:
             checks += [self.maxmemory_check(info, count, average), self.policy_check(info)]
         else:  # a restricted ACL user: say what was not checked, and how to check it
@@ -277,6 +302,18 @@ class RedisDoctor:
         checks.append(self.round_trip())
         return checks
 
+    def _info(self) -> dict[str, Any]:
+        """INFO server and memory; in a Cluster memory added up over the primaries."""
+        shards = primaries(self.client)
+        info: dict[str, Any] = {**shards[0].info("server"), **shards[0].info("memory")}
+        for shard in shards[1:]:
+            memory = shard.info("memory")
+            for name in ("used_memory", "maxmemory"):
+                info[name] = int(info.get(name, 0)) + int(memory.get(name, 0))
+        if len(shards) > 1:
+            info["primaries"] = len(shards)
+        return info
+
     def version_check(self, info: dict[str, Any]) -> Check:
         text = str(info.get("redis_version", "?"))
         mode = str(info.get("redis_mode", "standalone"))
@@ -285,12 +322,17 @@ class RedisDoctor:
         except ValueError:
             number = MIN_REDIS_VERSION
         detail = f"Redis {text} ({mode})"
+        if "primaries" in info:
+            detail = f"Redis {text} ({mode}, {info['primaries']} primaries; memory added up)"
         if number < MIN_REDIS_VERSION:
             return Check(
                 "redis version", False, detail, "upgrade Redis to 4.0 or later (6.2+ is best)"
             )
-        if mode == "cluster":
-            fix = "ctxcache connects with a plain client, which cannot follow MOVED: use a primary"
+        if mode == "cluster" and self.target.topology != "cluster":
+            fix = (
+                "a plain client cannot follow MOVED: write CTXCACHE_REDIS_URL as"
+                " redis+cluster://host:port[,host:port...]"
+            )
             return Check("redis version", False, detail, fix)
         return Check("redis version", True, detail)
 
@@ -322,20 +364,22 @@ class RedisDoctor:
     def _value_sizes(self, pattern: str, deadline: float) -> tuple[int, int, bool]:
         """Keys matching ``pattern``, their values' bytes, and whether the scan was cut short."""
         count = total = 0
-        cursor = 0
-        while True:
-            cursor, keys = self.client.scan(cursor, match=pattern, count=1000)
-            if keys:
-                pipe = self.client.pipeline(transaction=False)
-                for key in keys:
-                    pipe.strlen(key)
-                for size in pipe.execute(raise_on_error=False):
-                    if isinstance(size, int):
-                        count, total = count + 1, total + size
-            if cursor == 0:
-                return count, total, False
-            if count >= self.scan_limit or time.monotonic() > deadline:
-                return count, total, True
+        for shard in primaries(self.client):  # a Cluster: every primary, one after the other
+            cursor = 0
+            while True:
+                cursor, keys = shard.scan(cursor, match=pattern, count=1000)
+                if keys:
+                    pipe = shard.pipeline(transaction=False)
+                    for key in keys:
+                        pipe.strlen(key)
+                    for size in pipe.execute(raise_on_error=False):
+                        if isinstance(size, int):
+                            count, total = count + 1, total + size
+                if cursor == 0:
+                    break
+                if count >= self.scan_limit or time.monotonic() > deadline:
+                    return count, total, True
+        return count, total, False
 
     def maxmemory_check(self, info: dict[str, Any], contexts: int, average: float | None) -> Check:
         limit = int(info.get("maxmemory", 0))
