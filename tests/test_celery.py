@@ -190,7 +190,8 @@ def test_the_safety_net_reapplies_undone_company_sections(
     cache.client.set(section, value)
     worker = celery_process("worker")
     wait_until(lambda: not cache.client.exists(section), 15, "the worker to re-apply it")
-    assert "company 962302: reapplied" in worker.log()
+    # The task logs after its write lands: give the log line its own bounded wait.
+    wait_until(lambda: "company 962302: reapplied" in worker.log(), 15, "the task's log line")
 
 
 def test_bad_input_is_refused_before_publishing(app: Celery, cache: ContextCache) -> None:
