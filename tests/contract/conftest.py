@@ -38,13 +38,20 @@ import inspect
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fakeredis
 import pytest
 import redis
-from conftest import TEST_REDIS_URL, FakeClock, clear_test_database, make_settings, require_server
+from conftest import (
+    HA_SETTINGS,
+    TEST_REDIS_URL,
+    FakeClock,
+    clear_test_database,
+    make_settings,
+    require_server,
+)
 from servers import LocalCluster, LocalSentinel
 
 from ctxcache import AsyncContextCache, CacheSettings, ContextCache
@@ -64,6 +71,8 @@ class Backend:
     connect_dead: Callable[[], Any]
     connect_dead_async: Callable[[], Any]
     url: str | None = None  # None: reachable from this process only (fakeredis)
+    # Settings every cache on this backend gets on top of the test's own.
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def closed_port() -> int:
@@ -128,7 +137,7 @@ def cluster_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     local: LocalCluster = request.getfixturevalue("local_cluster")
     local.wait_healthy()
     local.flush()
-    settings = make_settings(redis_url=local.url)
+    settings = make_settings(redis_url=local.url, **HA_SETTINGS)
     dead = make_settings(redis_url=f"redis+cluster://127.0.0.1:{closed_port()}")
     admin = ClusterAdmin(connect(settings))
     yield Backend(
@@ -139,6 +148,7 @@ def cluster_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         connect_dead=lambda: connect(dead),
         connect_dead_async=lambda: connect_async(dead),
         url=local.url,
+        overrides=HA_SETTINGS,
     )
     local.flush()
     admin.close()
@@ -149,7 +159,7 @@ def sentinel_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     local: LocalSentinel = request.getfixturevalue("local_sentinel")
     local.wait_healthy()
     local.flush()
-    settings = make_settings(redis_url=local.url())
+    settings = make_settings(redis_url=local.url(), **HA_SETTINGS)
     dead = make_settings(redis_url=f"redis+sentinel://127.0.0.1:{closed_port()}/nobody")
     admin = connect(settings)
     yield Backend(
@@ -160,6 +170,7 @@ def sentinel_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         connect_dead=lambda: connect(dead),
         connect_dead_async=lambda: connect_async(dead),
         url=local.url(),
+        overrides=HA_SETTINGS,
     )
     local.flush()
     admin.close()
@@ -259,6 +270,8 @@ class Contract:
         ContextCache, or an :class:`Awaited` AsyncContextCache.
         """
         settings = settings if settings is not None else make_settings()
+        if self.backend.overrides:
+            settings = settings.model_copy(update=self.backend.overrides)
         clock = self.clock
         if (kind or self.kind) == "sync":
             client = (self.backend.connect_dead if dead else self.backend.connect)()
