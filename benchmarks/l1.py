@@ -13,8 +13,9 @@
   (shared modes, once per version), ``thaw`` (a caller's private copy of a
   shared section).
 * Early refresh: requests over 1,000 clients of 10 companies (Zipf), short
-  TTLs and a loader of fixed duration, run with XFetch off and on: how many
-  requests waited for a load, and how many loads there were.
+  TTLs and a loader of fixed duration, run with XFetch off and on, and with
+  a stale grace of one TTL: how many requests waited for a load, and how
+  many loads there were.
 
 Runs against ``--url`` (else ``CTXCACHE_REDIS_URL``, else local db 0); writes
 only keys under ``ctxcache-bench:`` (and dogpile's lock
@@ -55,7 +56,7 @@ from benchmarks.common import (
     table,
     write_results,
 )
-from benchmarks.peers import DOGPILE_KEY, DOGPILE_LOCKS, dogpile_region
+from benchmarks.dogpile_peer import DOGPILE_KEY, DOGPILE_LOCKS, dogpile_region
 from ctxcache import CacheSettings, ContextCache
 from ctxcache.core.l1 import L1_MODES, freeze, thaw
 
@@ -71,6 +72,8 @@ ZIPF_S = 1.0
 LOAD_SECONDS = 0.05
 WAITED_S = LOAD_SECONDS / 2  # slower than this without waiting for a load: the machine
 BETAS = (0.0, 1.0, 10.0)  # off, the default, and an eager one
+# Then beta 1 with a stale grace of one TTL (CTXCACHE_STALE_GRACE = TTL).
+GRACE_BETA = 1.0
 REQUEST_THREADS = 16  # a service's concurrent requests: one waiting does not stall the rest
 
 
@@ -127,6 +130,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 for beta in BETAS
             },
+            grace_row(ttl): measure_early_refresh(
+                admin, url, context, GRACE_BETA, ttl, duration, rate, grace=ttl
+            ),
         }
     finally:
         for cache in caches.values():
@@ -331,6 +337,11 @@ def zipf_requests(count: int, seed: int = 10) -> list[int]:
     return [order[i] for i in rng.choices(range(REFRESH_CLIENTS), weights, k=count)]
 
 
+def grace_row(ttl: int) -> str:
+    """The results key of the run with a stale grace of one TTL."""
+    return f"beta_{GRACE_BETA:g}_grace_{ttl:g}"
+
+
 def measure_early_refresh(
     admin: redis.Redis,
     url: str,
@@ -339,6 +350,8 @@ def measure_early_refresh(
     ttl: int,
     duration: float,
     rate: float,
+    *,
+    grace: float = 0.0,
 ) -> dict[str, Any]:
     """Paced traffic from ``REQUEST_THREADS``; which requests waited for a load."""
     delete_bench_keys(admin)
@@ -349,7 +362,11 @@ def measure_early_refresh(
         time.sleep(seconds)
 
     settings = CacheSettings.load(
-        redis_url=url, key_prefix=NAMESPACE, full_context_ttl=ttl, early_refresh_beta=beta
+        redis_url=url,
+        key_prefix=NAMESPACE,
+        full_context_ttl=ttl,
+        early_refresh_beta=beta,
+        stale_grace=grace,
     )
     cache = ContextCache.from_settings(settings, sleep=sleep)
     loader = FixedLoader(context, cache.core.layout.company_sections)
@@ -412,6 +429,7 @@ def measure_early_refresh(
         delete_bench_keys(admin)
     return {
         "beta": beta,
+        "stale_grace_s": grace,
         "requests": len(requests),
         "distinct_clients": sum(1 for part in last_seen if part.startswith("client:")),
         "waited": len(slow),
@@ -423,6 +441,7 @@ def measure_early_refresh(
         "loads_background": loader.background,
         "loads_total": loader.foreground + loader.background,
         "early_refreshes": stats.early_refreshes,
+        "stale_hits": stats.stale_hits,
         "waited_p50_ms": round(statistics.median(slow) * 1000, 1) if slow else 0.0,
         "finished_late_s": round(max(0.0, behind), 2),
         "pass": len(slow) == waits["first_ever"],
@@ -456,13 +475,17 @@ def report(r: dict[str, Any]) -> str:
         muts.append([name, ms(mut[name]["median_ms"])])
     er = r["early_refresh"]
     refresh = [["early refresh", "requests", "waited", "first-ever", "client expired"]]
-    refresh[0] += ["company expired", "on another's load", "loads", "in background", "target"]
-    for beta in BETAS:
-        e = er[f"beta_{beta:g}"]
+    refresh[0] += ["company expired", "on another's load", "loads", "in background", "stale hits"]
+    refresh[0].append("target")
+    rows = [(f"beta {beta:g}" + (" (off)" if not beta else ""), f"beta_{beta:g}") for beta in BETAS]
+    grace = er["method"]["ttl_s"]
+    rows.append((f"beta {GRACE_BETA:g}, grace {grace:g} s", grace_row(grace)))
+    for label, key in rows:
+        e = er[key]
         w = e["waits"]  # load_elsewhere: polled for another request's load
         refresh.append(
             [
-                f"beta {beta:g}" + (" (off)" if not beta else ""),
+                label,
                 f"{e['requests']:,}",
                 str(e["waited"]),
                 str(w["first_ever"]),
@@ -471,7 +494,8 @@ def report(r: dict[str, Any]) -> str:
                 str(w["load_elsewhere"]),
                 str(e["loads_total"]),
                 str(e["loads_background"]),
-                mark(e["pass"]) if beta else "",
+                str(e["stale_hits"]),
+                mark(e["pass"]) if e["beta"] or e["stale_grace_s"] else "",
             ]
         )
     t = hit["target"]

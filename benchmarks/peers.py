@@ -36,7 +36,6 @@ import redis
 import redis.asyncio.connection
 import redis.connection
 from cashews import Cache
-from dogpile.cache import CacheRegion, make_region
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -57,16 +56,14 @@ from benchmarks.common import (
 from benchmarks.common import (
     environment as common_environment,
 )
+from benchmarks.dogpile_peer import DOGPILE_KEY, DOGPILE_LOCKS, TTL, dogpile_region
 
 PHONE = "+79001234567"
 COMPANY_ID = 962302
-TTL = 43200
 MEASURES = ("hit", "set", "load_through")
 LABELS = {"hit": "hit", "set": "set", "load_through": "load-through"}
 LIBRARIES = ("redis", "hiredis", "orjson", "zstandard", "dogpile.cache", "cashews", "matplotlib")
-DOGPILE_KEY, CASHEWS_KEY, PLAIN_KEY = (NAMESPACE + name for name in ("dogpile", "cashews", "plain"))
-# dogpile's distributed lock is "_lock" + the key; its lock_prefix allows 10 characters only.
-DOGPILE_LOCKS = "_lock" + NAMESPACE + "*"
+CASHEWS_KEY, PLAIN_KEY = (NAMESPACE + name for name in ("cashews", "plain"))
 
 Op = Callable[[], Any]  # a blocking call, or one returning an awaitable (cashews)
 
@@ -227,19 +224,6 @@ def contenders(url: str, context: dict[str, Any]) -> list[Contender]:
         loader=plain_loader,
     )
     return [ctxcache, dogpile, cashews_, plain_json]
-
-
-def dogpile_region(url: str) -> CacheRegion:
-    """dogpile.cache's Redis region as its documentation configures it (pickle, no compression)."""
-    return make_region().configure(
-        "dogpile.cache.redis",
-        arguments={
-            "url": url,
-            "redis_expiration_time": TTL,
-            "distributed_lock": True,
-            "thread_local_lock": False,  # as dogpile's docs pair it; it warns otherwise
-        },
-    )
 
 
 # -- measurements ------------------------------------------------------------------------

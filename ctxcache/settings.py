@@ -135,6 +135,10 @@ class CacheSettings(BaseSettings):
     # Early refresh (XFetch): a part is reloaded in the background when
     # now - load_time * beta * ln(rand) passes its expiry; 0 turns it off.
     early_refresh_beta: float = Field(default=1.0, ge=0, le=100)
+    # Stale-while-revalidate: parts live this many seconds past their TTL, and a
+    # load-through read in that grace gets the part at once while one refresh
+    # reloads it in the background. Never past an invalidation. 0 turns it off.
+    stale_grace: float = Field(default=0.0, ge=0, le=7 * 24 * 60 * 60)
 
     # Metrics: counters are pushed to Redis at most this often per process.
     stats_flush_interval: float = Field(default=10.0, gt=0)
@@ -327,7 +331,7 @@ class CacheSettings(BaseSettings):
             check(value)
         return value
 
-    @field_validator("lock_wait")
+    @field_validator("lock_wait", "stale_grace")
     @classmethod
     def _finite(cls, value: float) -> float:
         if value != value or value == float("inf"):

@@ -141,4 +141,6 @@ def test_sections_and_l1_suites_run_tiny_and_keep_to_their_namespace(
     l1 = json.loads((tmp_path / "l1.quick.json").read_text())
     assert l1["wire"]["all_parts_in_l1"]["received"] < l1["wire"]["l1_off"]["received"] / 100
     assert l1["early_refresh"]["beta_0"]["loads_background"] == 0
+    grace = l1["early_refresh"]["beta_1_grace_1"]  # quick: TTL 1 s, grace 1 s
+    assert (grace["beta"], grace["stale_grace_s"]) == (1.0, 1)
     assert everything(spare_redis.port) == theirs

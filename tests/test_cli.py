@@ -160,6 +160,28 @@ def test_bad_input_exits_2_with_a_message(
         assert result.stdout == ""
 
 
+def test_get_shows_a_stale_part_with_the_grace_it_has_left(
+    runner: CliRunner, real_client: redis.Redis
+) -> None:
+    writer = ContextCache.from_settings(make_settings(stale_grace=100))
+    try:
+        assert writer.set_cached_full_context(PHONE, COMPANY, CONTEXT)
+    finally:
+        writer.close()
+    real_client.pexpire(KEY, 40_000)  # 60 s past its TTL, 40 s of grace left
+    env = {"CTXCACHE_STALE_GRACE": "100"}
+    result = runner.invoke(cli.app, ["get", PHONE, str(COMPANY), "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    parts = {part["name"]: part for part in json.loads(result.stdout)["parts"]}
+    assert parts["client"]["stale"] is True
+    assert -61 <= parts["client"]["ttl_seconds"] < -59
+    assert 39 < parts["client"]["grace_seconds"] <= 40
+    assert parts["services"]["stale"] is False
+    assert 43_000 < parts["services"]["ttl_seconds"] <= 43_200  # the TTL, not the grace
+    shown = runner.invoke(cli.app, ["get", PHONE, str(COMPANY)], env={**env, "COLUMNS": "200"})
+    assert "stale, 0 min 39 s of grace left" in shown.stdout
+
+
 def test_bad_input_is_reported_before_connecting(runner: CliRunner) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     result = runner.invoke(cli.app, ["--url", dead, "get", "not a phone", "1"])

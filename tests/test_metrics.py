@@ -359,6 +359,8 @@ def test_endpoint_shows_the_whole_fleet(cache_factory: Factory) -> None:
     assert value(samples, "ctxcache_superseded_total") == 0
     assert value(samples, "ctxcache_invalidations_total") == 1
     assert value(samples, "ctxcache_coalesced_total") == 0
+    assert value(samples, "ctxcache_stale_hits_total") == totals.stale_hits == 0
+    assert value(samples, "ctxcache_early_refreshes_total") == totals.early_refreshes
     for outcome in WarmOutcome:
         expected_warmups = {"written": 1, "fresh": 1}.get(outcome.value, 0)
         assert value(samples, "ctxcache_warmups_total", outcome=outcome.value) == expected_warmups

@@ -58,6 +58,8 @@ def test_spec_password_variable_is_read_and_never_shown(monkeypatch: pytest.Monk
         ("CTXCACHE_PHONE_REGION", "XX"),
         ("CTXCACHE_REDIS_URL", "localhost:6379"),
         ("CTXCACHE_COMPRESSION_LEVEL", "99"),
+        ("CTXCACHE_STALE_GRACE", "-1"),
+        ("CTXCACHE_STALE_GRACE", "nan"),
     ],
 )
 def test_bad_setting_fails_naming_the_variable(

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -417,6 +418,12 @@ def test_processes_are_recognized_by_their_command_line(tmp_path: Path) -> None:
     ]
     process = subprocess.Popen(command, stdin=subprocess.PIPE)
     try:
+        # Under a loaded machine /proc can briefly show the pre-exec command line:
+        # wait (bounded) until the stand-in's own is visible.
+        deadline = time.monotonic() + 10
+        while str(tmp_path) not in (process_command(process.pid) or ""):
+            assert time.monotonic() < deadline, process_command(process.pid)
+            time.sleep(0.01)
         assert is_our_supervisor(process.pid, tmp_path)
         assert not is_our_supervisor(process.pid, tmp_path / "other")
         assert is_our_ssh(process.pid, command)

@@ -130,6 +130,8 @@ class CacheCore:
         self.stats = StatsRecorder(clock=clock, interval=settings.stats_flush_interval)
         self.l1 = L1Cache(settings.l1_max_bytes, settings.l1_mode, count=self.stats.add)
         self.lock_ms = int(settings.lock_ttl * 1000)
+        # Parts outlive their TTL by this much in Redis (stale-while-revalidate).
+        self.grace_ms = int(settings.stale_grace * 1000)
         # Uniform in (0, 1], for the early-refresh draw; tests inject their own.
         self.random = random if random is not None else lambda: 1.0 - _random.random()  # noqa: S311 - not a secret
         self.refreshing: set[str] = set()  # parts this process is refreshing now
@@ -166,6 +168,21 @@ class CacheCore:
         if not 0 < ttl < _MAX_TTL_SECONDS:
             raise InvalidTTLError(f"ttl must be a positive number of seconds, got {ttl!r}")
         return max(1, int(ttl * 1000))
+
+    def stored_ms(self, ttl: float | None) -> int:
+        """The TTL a part is written with: :meth:`ttl_ms` plus the stale grace.
+
+        Reads subtract the grace again (:meth:`logical_ttl`): past its TTL a
+        part is stale, still served by a load-through read while it refreshes.
+        """
+        return self.ttl_ms(ttl) + self.grace_ms
+
+    def logical_ttl(self, pttl_ms: int) -> float | None:
+        """Seconds a part has left before it is stale, from its PTTL (``None``: no expiry).
+
+        Negative while the part is in its grace.
+        """
+        return (pttl_ms - self.grace_ms) / 1000 if pttl_ms >= 0 else None
 
     # -- the gate to Redis ----------------------------------------------------------
 

@@ -190,7 +190,7 @@ def store_loaded(
         core,
         who,
         encoded,
-        core.ttl_ms(None),
+        core.stored_ms(None),
         leases.client_generation or "never",
         leases.section_generations,
         client_token=leases.token if leases.client_locked else "",
@@ -227,10 +227,13 @@ def load_context(
 ) -> Flow[dict[str, Any] | None]:
     """The cache, else the loader once across all callers, part by part.
 
-    ``on_hit`` runs after a hit (the early refresh of :mod:`ctxcache.core.refresh`).
+    ``on_hit`` runs after a hit (the early refresh of :mod:`ctxcache.core.refresh`);
+    with it, parts in their stale grace are hits, which it refreshes.
     """
     who = core.identify(phone, company_id)
-    parts = yield from read_parts(core, who, core.layout.company_sections)
+    # Stale parts (in their grace) are served only where on_hit can refresh them.
+    names = core.layout.company_sections
+    parts = yield from read_parts(core, who, names, serve_stale=on_hit is not None)
     if isinstance(parts, Unavailable):
         core.stats.add("misses")
         # Redis just failed: no lease (another timeout), and without

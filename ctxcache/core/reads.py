@@ -45,9 +45,11 @@ class Parts:
     client_stamp: bytes | None = None
     sections: dict[str, Any] = field(default_factory=dict)
     corrupt: list[str] = field(default_factory=list)  # keys holding undecodable values
-    # Per part found ("client" or a section's name): seconds to live (None:
-    # no expiry) and how long its load took, for the early-refresh decision.
+    # Per part found ("client" or a section's name): seconds to live before it
+    # is stale (None: no expiry) and how long its load took, for early refresh.
     timing: dict[str, tuple[float | None, float]] = field(default_factory=dict)
+    # Parts found past their TTL, in the stale grace (served, to be refreshed).
+    stale: list[str] = field(default_factory=list)
 
     def merged(self) -> dict[str, Any] | None:
         """The whole context if every part it needs was found, else None."""
@@ -129,12 +131,19 @@ def _content(entry: L1Entry, kind: int) -> Any:
 
 
 def read_parts(
-    core: CacheCore, who: Identity, names: tuple[str, ...], operation: str = "GET"
+    core: CacheCore,
+    who: Identity,
+    names: tuple[str, ...],
+    operation: str = "GET",
+    *,
+    serve_stale: bool = False,
 ) -> Flow[Parts | Unavailable]:
     """The client's part and the company sections ``names``, in one round trip.
 
     Parts this process holds in its in-process cache go with their stamps,
-    and come back as "unchanged" (a few bytes) while they are current.
+    and come back as "unchanged" (a few bytes) while they are current. A
+    part past its TTL, in its stale grace, is found (and listed in
+    ``Parts.stale``) only with ``serve_stale``: for reads that refresh it.
     """
     keys = (who.client.full_context, *who.company.sections(names))
     l1 = core.l1
@@ -154,6 +163,8 @@ def read_parts(
         name, kind = ("client", KIND_CLIENT) if index == 0 else (names[index - 1], KIND_SECTION)
         entry = held[index]
         if status == PART_UNCHANGED and entry is not None:
+            if not serve_stale and _stale(core, pttl):
+                continue  # past its TTL, for a read that cannot refresh it (see below)
             core.stats.add("l1_hits")
             content = _content(entry, kind)
         elif status == PART_VALUE:
@@ -175,13 +186,22 @@ def read_parts(
             if entry is not None:
                 l1.discard(key)
             continue
-        parts.timing[name] = (pttl / 1000 if pttl >= 0 else None, entry.load_seconds)
+        if _stale(core, pttl):
+            if not serve_stale:
+                continue  # past its TTL: a miss for a read that cannot refresh it
+            parts.stale.append(name)
+        parts.timing[name] = (core.logical_ttl(pttl), entry.load_seconds)
         if kind == KIND_CLIENT:
             parts.client, parts.client_stamp = content, entry.stamp
         else:
             parts.sections[name] = content
     yield from drop_corrupt(core, parts.corrupt, who.target)
     return parts
+
+
+def _stale(core: CacheCore, pttl: int) -> bool:
+    """Whether a part with this PTTL is past its TTL, living on in its grace."""
+    return core.grace_ms > 0 and 0 <= pttl <= core.grace_ms
 
 
 def _log_corrupt(core: CacheCore, target: str, exc: Exception) -> None:
@@ -213,7 +233,9 @@ def count_lookup(core: CacheCore, who: Identity, parts: Parts, context: object) 
         logger.debug("cache miss %s", who.target)
     else:
         core.stats.add("hits")
-        logger.info("cache hit %s", who.target)
+        if parts.stale:
+            core.stats.add("stale_hits")  # of the hits: served in the grace, refreshing
+        logger.info("cache hit %s%s", who.target, " (stale)" if parts.stale else "")
 
 
 def get_context(core: CacheCore, phone: str, company_id: int | str) -> Flow[dict[str, Any] | None]:
@@ -239,9 +261,13 @@ class PartReport:
     stored_bytes: int = 0
     json_bytes: int = 0
     compressed: bool = False
-    ttl_seconds: float | None = None  # None: no expiry (or not found)
+    ttl_seconds: float | None = None  # before it is stale; None: no expiry (or not found)
     age_seconds: float | None = None  # None: unknown (an older writer's value)
     problem: str | None = None  # why it cannot be decoded
+    # Past its TTL, in the stale grace: ttl_seconds is negative, the part
+    # lives on for grace_seconds more (served only by load-through reads).
+    stale: bool = False
+    grace_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +305,9 @@ def describe_context(
         if int(status) != PART_VALUE:
             reports.append(PartReport(name, scope, key, found=False))
             continue
-        ttl = int(pttl) / 1000 if int(pttl) >= 0 else None
+        ttl = core.logical_ttl(int(pttl))
+        stale = _stale(core, int(pttl))
+        grace = int(pttl) / 1000 if stale else None
         try:
             unpacked = core.codec.unpack(value, key)
             content, _, kind = decode_part(
@@ -299,7 +327,19 @@ def describe_context(
         age = now - unpacked.written_at if unpacked.written_at else None
         compressed = len(unpacked.data) > len(value)
         reports.append(
-            PartReport(name, scope, key, True, len(value), len(unpacked.data), compressed, ttl, age)
+            PartReport(
+                name,
+                scope,
+                key,
+                True,
+                len(value),
+                len(unpacked.data),
+                compressed,
+                ttl,
+                age,
+                stale=stale,
+                grace_seconds=grace,
+            )
         )
     wanted = parts.client.company if parts.client is not None else names
     shown = [r for r in reports if r.scope == "client" or r.name in wanted or r.found]

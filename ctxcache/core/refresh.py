@@ -12,6 +12,12 @@ how long its load took (delta, in its envelope). A read that finds it with
 almost surely just before, and earlier for parts that are slow to load.
 The caller gets the still-valid value at once; a part is never refreshed
 twice at once (an in-process set, and the load lock across processes).
+
+With a stale grace (``CTXCACHE_STALE_GRACE``) parts outlive their TTL in
+Redis by the grace; ``ttl`` above is what is left of the TTL itself. A
+part found past it (stale, in its grace) is served and always refreshed
+the same way, whatever beta: the client read less than once per TTL that
+XFetch cannot catch.
 """
 
 from __future__ import annotations
@@ -86,7 +92,8 @@ def _warm(
     threshold = float(core.settings.warmup_refresh_threshold)
     if refresh_threshold is not None:
         threshold = refresh_threshold
-    threshold_ms = _ALWAYS_MS if math.isinf(threshold) else int(threshold * 1000)
+    # Remaining TTLs in Redis include the stale grace: a threshold on the TTL does too.
+    threshold_ms = _ALWAYS_MS if math.isinf(threshold) else int(threshold * 1000) + core.grace_ms
     names = core.layout.company_sections if sections is None else sections
     leases = Leases()
     commands = []
@@ -150,14 +157,16 @@ def _text(value: bytes | str) -> str:
 
 
 def early_refresh(core: CacheCore, who: Identity, loader: Loader, parts: Parts) -> Flow[None]:
-    """Start a background refresh of the parts XFetch finds due; never waits for it."""
+    """Start a background refresh of the parts XFetch finds due, and of the stale ones
+    (served in their grace); never waits for it."""
     beta = core.settings.early_refresh_beta
-    if not beta:
+    stale = set(parts.stale)
+    if not (beta or stale):
         return
     due = [
         name
         for name, (ttl, delta) in parts.timing.items()
-        if ttl is not None and delta > 0 and -delta * beta * math.log(core.random()) >= ttl
+        if name in stale or (beta and ttl is not None and _xfetch_due(core, ttl, delta, beta))
     ]
     if not due:
         return
@@ -178,6 +187,11 @@ def early_refresh(core: CacheCore, who: Identity, loader: Loader, parts: Parts) 
     core.stats.add("early_refreshes")
     logger.debug("refreshing %s early: %s", who.target, ", ".join(due))
     yield Background(_refresh(core, who, loader, refresh_client, sections, keys))
+
+
+def _xfetch_due(core: CacheCore, ttl: float, delta: float, beta: float) -> bool:
+    """XFetch's draw: due when ``-delta * beta * ln(rand()) >= ttl`` (never without a delta)."""
+    return delta > 0 and -delta * beta * math.log(core.random()) >= ttl
 
 
 def _refresh(

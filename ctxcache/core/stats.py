@@ -88,8 +88,11 @@ class CacheStats:
     l1_misses: int = 0
     l1_evictions: int = 0
     l1_bytes: int = 0
-    # Early refreshes started (XFetch) before a part expired.
+    # Early refreshes started in the background: XFetch's before a part expired,
+    # and those of stale parts served in their grace (CTXCACHE_STALE_GRACE).
     early_refreshes: int = 0
+    # Of the hits: served with a part past its TTL, in its stale grace.
+    stale_hits: int = 0
     # Per scope: a client's own part, and the company sections.
     client_hits: int = 0
     client_misses: int = 0

@@ -147,7 +147,7 @@ def store_commands(
     core: CacheCore,
     who: Identity,
     encoded: EncodedContext,
-    ttl_ms: int,
+    ttl_ms: int,  # as written, the stale grace included (CacheCore.stored_ms)
     client_generation: str | None,
     section_generations: Mapping[str, str] | None,
     *,
@@ -192,7 +192,7 @@ def set_context(
 ) -> Flow[bool]:
     """Store a whole context in its parts; ``False`` if not (all) written."""
     who = core.identify(phone, company_id)
-    ttl_ms = core.ttl_ms(ttl)
+    ttl_ms = core.stored_ms(ttl)
     encoded = encode_context(core, who, context)
     sections: Mapping[str, str] | None = None
     client_generation: str | None = None
@@ -304,7 +304,7 @@ def update_company_section(
     (name,) = core.layout.company_names([name])
     data = core.codec.serialize(value, where=name)
     envelope = core.codec.pack(KIND_SECTION, data, key=company.section(name))[0]
-    ttl_ms = core.ttl_ms(None)
+    ttl_ms = core.stored_ms(None)
     command = Command(
         "UPDATE_COMPANY_SECTION",
         (name, envelope, ttl_ms, core.settings.generation_ttl),

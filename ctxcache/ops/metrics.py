@@ -52,6 +52,14 @@ _SCAN_COUNT: Final = 1000
 # Counter name (without _total) -> (CacheStats field, help text).
 COUNTERS: Final[Mapping[str, tuple[str, str]]] = {
     "ctxcache_hits": ("hits", "Lookups answered from the cache."),
+    "ctxcache_stale_hits": (
+        "stale_hits",
+        "Of the hits: served past the TTL, in the stale grace, while a refresh runs.",
+    ),
+    "ctxcache_early_refreshes": (
+        "early_refreshes",
+        "Background refreshes started: XFetch's, and those of parts served stale.",
+    ),
     "ctxcache_misses": ("misses", "Lookups that found nothing usable (incl. errors, corrupt)."),
     "ctxcache_errors": ("errors", "Redis errors and timeouts."),
     "ctxcache_skipped": ("skipped", "Calls not made: the circuit breaker was open."),

@@ -38,6 +38,13 @@ def _span(seconds: float | None) -> str:
     return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
 
 
+def _ttl(part: Any) -> str:
+    """The part's TTL; for a stale part, the grace it has left."""
+    if part.stale:
+        return f"stale, {_span(part.grace_seconds)} of grace left"
+    return _span(part.ttl_seconds)
+
+
 def _json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number")
@@ -114,7 +121,7 @@ def get(
             "hit" if part.found else "miss",
             human_bytes(part.stored_bytes) if part.found else "",
             human_bytes(part.json_bytes) if part.found else "",
-            _span(part.ttl_seconds) if part.found else "",
+            _ttl(part) if part.found else "",
             _span(part.age_seconds) if part.age_seconds is not None else "",
         )
     console.print(parts)
@@ -137,6 +144,8 @@ def _part_json(part: Any) -> dict[str, Any]:
         "json_bytes": part.json_bytes,
         "ttl_seconds": part.ttl_seconds,
         "age_seconds": part.age_seconds,
+        "stale": part.stale,
+        "grace_seconds": part.grace_seconds,
     }
 
 

@@ -69,6 +69,10 @@ def stats(
             counts("safety_net_", SAFETY_NET_OUTCOMES),
         ),
         ("stampedes avoided", str(totals.coalesced)),
+        (
+            "stale hits (grace) / early refreshes",
+            f"{totals.stale_hits} / {totals.early_refreshes}",
+        ),
     ]
     for name, value in rows:
         table.add_row(name, value)
