@@ -352,6 +352,10 @@ def persistent_redis(spare_redis_factory: Callable[..., SpareRedis]) -> SpareRed
 # Started once per session, and only when a test asks for them (cluster creation
 # takes ~6 s, sentinel ~5 s); on loopback ports from CTXCACHE_TEST_HA_PORT.
 HA_FIRST_PORT = int(os.environ.get("CTXCACHE_TEST_HA_PORT", "7100"))
+# A replica on 2 busy cores may take longer than the default 0.1 s to acknowledge a
+# WAIT; the tests of what a cache does want it acknowledged (a shortfall is retried,
+# which the failure tests cover).
+HA_SETTINGS: dict[str, Any] = {"socket_timeout": 1.0, "invalidation_wait_timeout": 0.5}
 
 
 def _require_ha_binaries() -> None:
@@ -393,7 +397,7 @@ def cluster_cache(local_cluster: LocalCluster, clock: FakeClock) -> Iterator[Con
     local_cluster.wait_healthy()
     local_cluster.flush()
     cache = ContextCache.from_settings(
-        make_settings(redis_url=local_cluster.url), clock=clock, sleep=clock.sleep
+        make_settings(redis_url=local_cluster.url, **HA_SETTINGS), clock=clock, sleep=clock.sleep
     )
     yield cache
     cache.close()
@@ -406,7 +410,9 @@ def sentinel_cache(local_sentinel: LocalSentinel, clock: FakeClock) -> Iterator[
     local_sentinel.wait_healthy()
     local_sentinel.flush()
     cache = ContextCache.from_settings(
-        make_settings(redis_url=local_sentinel.url()), clock=clock, sleep=clock.sleep
+        make_settings(redis_url=local_sentinel.url(), **HA_SETTINGS),
+        clock=clock,
+        sleep=clock.sleep,
     )
     yield cache
     cache.close()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import make_settings
+from conftest import HA_SETTINGS, make_settings
 from redis.crc import key_slot
 from servers import LocalCluster, LocalSentinel
 
@@ -97,7 +97,7 @@ class Traffic:
 
 def real_time_cache(url: str) -> ContextCache:
     # Real time: the breaker's cool-down must pass while the failover does.
-    settings = make_settings(redis_url=url, breaker_cooldown=0.2, lock_wait=0.5)
+    settings = make_settings(redis_url=url, breaker_cooldown=0.2, lock_wait=0.5, **HA_SETTINGS)
     return ContextCache.from_settings(settings)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from conftest import make_settings
+from conftest import HA_SETTINGS, make_settings
 from servers import LocalSentinel
 from worker_support import CeleryProcess, wait_until
 
@@ -54,7 +54,7 @@ def test_a_sentinel_master_killed_under_booking_hooks_loses_no_invalidation(
 ) -> None:
     caplog.set_level(logging.CRITICAL)
     cache = ContextCache.from_settings(
-        make_settings(redis_url=local_sentinel.url(0), breaker_cooldown=0.2)
+        make_settings(redis_url=local_sentinel.url(0), breaker_cooldown=0.2, **HA_SETTINGS)
     )
     runtime.reset()
     runtime.configure(cache=cache)
@@ -68,6 +68,7 @@ def test_a_sentinel_master_killed_under_booking_hooks_loses_no_invalidation(
             "CTXCACHE_BROKER_URL": local_sentinel.broker_url(1),
             "CTXCACHE_BROKER_MASTER_NAME": local_sentinel.master_name,
             "CTXCACHE_INVALIDATE_VISIBILITY_TIMEOUT": "3",
+            **{f"CTXCACHE_{name.upper()}": str(value) for name, value in HA_SETTINGS.items()},
         },
         tmp_path / "worker.log",
     )  # fmt: skip

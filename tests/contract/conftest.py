@@ -44,7 +44,14 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
-from conftest import TEST_REDIS_URL, FakeClock, clear_test_database, make_settings, require_server
+from conftest import (
+    HA_SETTINGS,
+    TEST_REDIS_URL,
+    FakeClock,
+    clear_test_database,
+    make_settings,
+    require_server,
+)
 from servers import LocalCluster, LocalSentinel
 
 from ctxcache import AsyncContextCache, CacheSettings, ContextCache
@@ -64,8 +71,8 @@ class Backend:
     connect_dead: Callable[[], Any]
     connect_dead_async: Callable[[], Any]
     url: str | None = None  # None: reachable from this process only (fakeredis)
-    # Settings the backend's caches get unless a test passes its own.
-    settings: dict[str, Any] = field(default_factory=dict)
+    # Settings every cache on this backend gets on top of the test's own.
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def closed_port() -> int:
@@ -121,11 +128,6 @@ class ClusterAdmin:
         return getattr(self.cluster, name)
 
 
-# A replica on this loaded 2-core machine can take longer than the default 100 ms
-# to acknowledge a WAIT; the contract is about behaviour, not about that latency.
-HA_CACHE_SETTINGS: dict[str, Any] = {"socket_timeout": 2.0, "invalidation_wait_timeout": 1.5}
-
-
 def cluster_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """The session's local Redis Cluster (3 primaries, 3 replicas), emptied around the test.
 
@@ -135,7 +137,7 @@ def cluster_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     local: LocalCluster = request.getfixturevalue("local_cluster")
     local.wait_healthy()
     local.flush()
-    settings = make_settings(redis_url=local.url)
+    settings = make_settings(redis_url=local.url, **HA_SETTINGS)
     dead = make_settings(redis_url=f"redis+cluster://127.0.0.1:{closed_port()}")
     admin = ClusterAdmin(connect(settings))
     yield Backend(
@@ -146,7 +148,7 @@ def cluster_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         connect_dead=lambda: connect(dead),
         connect_dead_async=lambda: connect_async(dead),
         url=local.url,
-        settings=HA_CACHE_SETTINGS,
+        overrides=HA_SETTINGS,
     )
     local.flush()
     admin.close()
@@ -157,7 +159,7 @@ def sentinel_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     local: LocalSentinel = request.getfixturevalue("local_sentinel")
     local.wait_healthy()
     local.flush()
-    settings = make_settings(redis_url=local.url())
+    settings = make_settings(redis_url=local.url(), **HA_SETTINGS)
     dead = make_settings(redis_url=f"redis+sentinel://127.0.0.1:{closed_port()}/nobody")
     admin = connect(settings)
     yield Backend(
@@ -168,7 +170,7 @@ def sentinel_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         connect_dead=lambda: connect(dead),
         connect_dead_async=lambda: connect_async(dead),
         url=local.url(),
-        settings=HA_CACHE_SETTINGS,
+        overrides=HA_SETTINGS,
     )
     local.flush()
     admin.close()
@@ -267,7 +269,9 @@ class Contract:
         ``dead``: on a deployment that does not answer. A cache that is a
         ContextCache, or an :class:`Awaited` AsyncContextCache.
         """
-        settings = settings if settings is not None else make_settings(**self.backend.settings)
+        settings = settings if settings is not None else make_settings()
+        if self.backend.overrides:
+            settings = settings.model_copy(update=self.backend.overrides)
         clock = self.clock
         if (kind or self.kind) == "sync":
             client = (self.backend.connect_dead if dead else self.backend.connect)()
