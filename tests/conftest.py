@@ -67,10 +67,17 @@ class NotOurDatabase(RuntimeError):
 
 
 # Atomic: another client cannot slip a key in between the check and the marker.
+# A database holding only keys of the suite's namespace (an interrupted run's
+# broker bindings) is the suite's too; looked at only while it is small.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-if redis.call('DBSIZE') == 0 then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
-return 0
+local size = redis.call('DBSIZE')
+if size > 1000 then return 0 end
+for _, key in ipairs(redis.call('KEYS', '*')) do
+  if string.sub(key, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
 """
 
 
@@ -80,12 +87,13 @@ def claim_test_database(client: redis.Redis, url: str) -> None:
     Raises :class:`NotOurDatabase` naming the URL and the foreign keys' count.
     """
     note = f"ctxcache test suite, {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: it empties this db"
-    if client.eval(_CLAIM, 1, OWNER_KEY, note) == 1:
+    if client.eval(_CLAIM, 1, OWNER_KEY, note, TEST_NAMESPACE) == 1:
         return
     count = client.dbsize()
     raise NotOurDatabase(
         f"the test database {redact_url(url)} holds {count} key{'s' * (count != 1)} that the"
-        f" test suite did not write (no {OWNER_KEY} marker); refusing to empty it. Point"
+        f" test suite did not write (no {OWNER_KEY} marker, not all under {TEST_NAMESPACE});"
+        " refusing to empty it. Point"
         " CTXCACHE_TEST_REDIS_URL at an empty database (default redis://127.0.0.1:6379/15);"
         " the suite marks it and empties it before and after each test."
     )

@@ -55,6 +55,21 @@ def test_an_empty_database_is_marked_and_then_accepted(spare_redis: SpareRedis) 
     client.close()
 
 
+def test_a_database_with_only_the_suites_namespace_is_claimed(spare_redis: SpareRedis) -> None:
+    # An interrupted run can leave its Redis broker's bindings without the marker.
+    client = redis.Redis.from_url(spare_redis.url)
+    client.set(TEST_NAMESPACE + "broker:_kombu.binding.ctxcache.invalidate", "1")
+    claim_test_database(client, spare_redis.url)
+    assert client.exists(OWNER_KEY)
+    client.flushdb()
+    client.set(TEST_NAMESPACE + "broker:x", "1")
+    client.set("someone:else", "1")
+    with pytest.raises(NotOurDatabase):
+        claim_test_database(client, spare_redis.url)
+    assert not client.exists(OWNER_KEY)
+    client.close()
+
+
 def test_a_database_with_foreign_keys_is_refused_and_left_alone(spare_redis: SpareRedis) -> None:
     client = redis.Redis.from_url(spare_redis.url)
     before = seed(client)
