@@ -81,7 +81,8 @@ def embedded_backend(db: Path) -> Iterator[Backend]:
     from tasks import create_app, runtime
 
     server = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    cache = ContextCache(server, CacheSettings.load(redis_url=None))
+    # fakeredis has no replicas (and no ROLE to ask): nothing to wait for.
+    cache = ContextCache(server, CacheSettings.load(redis_url=None, invalidation_replicas=0))
     options = {"polling_interval": 0.005}  # the memory transport polls, every second by default
     app = create_app(broker_url="memory://localhost/", broker_transport_options=options)
     app.conf.worker_hijack_root_logger = False
