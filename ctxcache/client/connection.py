@@ -19,7 +19,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import redis
@@ -33,9 +33,6 @@ from redis.sentinel import Sentinel
 from ctxcache.errors import ConfigurationError
 from ctxcache.settings import CacheSettings
 from ctxcache.urls import RedisTarget, parse_cache_url
-
-if TYPE_CHECKING:
-    from redis import asyncio as aioredis
 
 __all__ = [
     "LateCluster",
@@ -135,12 +132,7 @@ def connect_async(settings: CacheSettings, **overrides: Any) -> Any:
     if target.topology == "sentinel":
         from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
-        kwargs = _node_options(target, options)
-        watchers = _sentinel_kwargs(target, kwargs)
-        sentinel = AsyncSentinel(list(target.nodes), sentinel_kwargs=watchers)  # type: ignore[no-untyped-call]
-        assert target.master_name is not None  # the URL's parser requires it
-        master: aioredis.Redis = sentinel.master_for(target.master_name, db=target.db, **kwargs)
-        return master
+        return _sentinel_master(target, options, AsyncSentinel)
     pool = aioredis.ConnectionPool.from_url(url, **options)
     return aioredis.Redis(connection_pool=pool)
 
@@ -249,13 +241,14 @@ def _sentinel_kwargs(target: RedisTarget, kwargs: dict[str, Any]) -> dict[str, A
     return sentinel_kwargs
 
 
-def _sentinel_master(target: RedisTarget, options: dict[str, Any]) -> redis.Redis:
+def _sentinel_master(
+    target: RedisTarget, options: dict[str, Any], sentinel_class: Any = Sentinel
+) -> Any:
+    """The master the sentinels name, from redis-py's ``Sentinel`` (or its asyncio twin)."""
     kwargs = _node_options(target, options)
-    sentinel_kwargs = _sentinel_kwargs(target, kwargs)
-    sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    sentinel = sentinel_class(list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, kwargs))
     assert target.master_name is not None  # the URL's parser requires it
-    master: redis.Redis = sentinel.master_for(target.master_name, db=target.db, **kwargs)  # type: ignore[no-untyped-call]
-    return master
+    return sentinel.master_for(target.master_name, db=target.db, **kwargs)
 
 
 def is_cluster(client: Any) -> bool:
