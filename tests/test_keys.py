@@ -4,6 +4,7 @@ import pytest
 
 from ctxcache import ConfigurationError, InvalidCompanyIdError, KeyLayout, validate_company_id
 from ctxcache.core.keys import ClientKeys
+from ctxcache.core.replication import hash_tag
 
 
 def test_full_context_key_is_exactly_the_spec_layout() -> None:
@@ -18,21 +19,25 @@ def test_prefix_is_applied_exactly_once_to_every_key() -> None:
         assert key.count("app:") == 1
 
 
-def _hash_tag(key: str) -> str:
-    """The part of a key Redis Cluster hashes (the rule from the cluster spec)."""
-    start = key.find("{")
-    if start != -1:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            return key[start + 1 : end]
-    return key
+@pytest.mark.parametrize(
+    ("key", "hashed"),
+    [  # the examples of the Redis Cluster specification
+        ("{user1000}.following", "user1000"),
+        ("foo{}{bar}", "foo{}{bar}"),
+        ("foo{{bar}}zap", "{bar"),
+        ("foo{bar}{zap}", "bar"),
+        ("plain", "plain"),
+    ],
+)
+def test_hash_tag_follows_the_cluster_spec(key: str, hashed: str) -> None:
+    assert hash_tag(key) == hashed
 
 
 def test_all_keys_of_a_client_share_one_cluster_hash_slot() -> None:
     keys: ClientKeys = KeyLayout("app:").client(962302, "+79001234567")
-    main = _hash_tag(keys.full_context)
+    main = hash_tag(keys.full_context)
     for key in [keys.generation, keys.lock, keys.dialog, keys.preferences]:
-        assert _hash_tag(key) == main
+        assert hash_tag(key) == main
 
 
 def test_sibling_keys_do_not_match_the_full_context_scan_pattern() -> None:
