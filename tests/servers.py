@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -65,6 +66,19 @@ class ServerProcess:
         directory.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
+        # A port someone else listens on would make every later call (a FLUSHALL
+        # included) reach their server: refuse it before starting ours.
+        with socket.socket() as probe:
+            # As redis-server binds: connections of a killed predecessor in TIME_WAIT
+            # do not count, a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError:
+                raise RuntimeError(
+                    f"loopback port {self.port} is in use: the test servers need"
+                    " CTXCACHE_TEST_HA_PORT moved to a free range of 15 ports"
+                ) from None
         binary = shutil.which("redis-server") or "redis-server"
         log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen(

@@ -6,8 +6,10 @@ Against private redis-servers, so the real test database is not disturbed.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis
@@ -19,6 +21,7 @@ from conftest import (
     claim_test_database,
     clear_test_database,
 )
+from servers import ServerProcess
 from worker_support import REPO
 
 # What a user might keep in the database they point the suite at by mistake.
@@ -111,3 +114,15 @@ def test_the_suite_stops_before_any_test_on_a_foreign_database(spare_redis: Spar
     assert " passed" not in output  # it stopped before the test ran
     assert dumps(client) == before
     client.close()
+
+
+def test_a_test_server_refuses_a_port_someone_listens_on(tmp_path: Path) -> None:
+    # Otherwise the Cluster/Sentinel fixtures would talk to (and flush) that server.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        server = ServerProcess(port, tmp_path, ["--port", str(port)])
+        with pytest.raises(RuntimeError, match=f"port {port} is in use"):
+            server.start()
+        assert server.process is None
