@@ -16,12 +16,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, Unpack
 
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, ResponseError
 
 from ctxcache.client.api import CacheMethods, CoreOptions
 from ctxcache.client.connection import cluster_failure, connect_async
-from ctxcache.client.steps import FlowRunner, check_routes, queue_commands
-from ctxcache.core.steps import Background, CallLoader, Flow, Pause, RoundTrip, Step
+from ctxcache.client.steps import FlowRunner, check_routes, command_args, queue_commands
+from ctxcache.core.steps import Background, CallLoader, Command, Flow, Pause, RoundTrip, Step
 from ctxcache.settings import CacheSettings
 
 __all__ = ["AsyncContextCache"]
@@ -92,6 +92,9 @@ class AsyncContextCache(CacheMethods):
 
     async def _answer(self, step: Step) -> Any:
         if isinstance(step, RoundTrip):
+            commands = step.commands
+            if len(commands) == 1 and commands[0].script is not None and not self.core.cluster:
+                return [await self._call_script(commands[0])]
             if self.core.cluster:
                 try:  # the slot map is read at the first use; a routed command needs it
                     await self.client.initialize()
@@ -115,6 +118,18 @@ class AsyncContextCache(CacheMethods):
             task.add_done_callback(self._background.discard)
             return None
         raise TypeError(f"unknown step {step!r}")
+
+    async def _call_script(self, command: Command) -> Any:
+        """One script call on a pooled connection, with no pipeline (see the sync client's)."""
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()
+        try:  # a connection whose write or read failed (or was cancelled) is closed by redis-py
+            await connection.send_command(*command_args(command))
+            return await connection.read_response()
+        except ResponseError as exc:
+            return exc
+        finally:
+            await pool.release(connection)
 
 
 async def _call_loader(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:

@@ -19,7 +19,7 @@ from redis.exceptions import ClusterError, RedisClusterException
 
 from ctxcache.core.steps import Command, Flow, Step
 
-__all__ = ["FlowRunner", "RouteCheck", "check_routes", "queue_commands"]
+__all__ = ["FlowRunner", "RouteCheck", "check_routes", "command_args", "queue_commands"]
 
 # (position in the trip, the key it followed, the node it went to)
 RouteCheck = tuple[int, str, str]
@@ -84,22 +84,23 @@ def queue_commands(pipe: Any, commands: Iterable[Command]) -> list[RouteCheck]:
     checks: list[RouteCheck] = []
     cluster = _cluster_of(pipe)
     for position, command in enumerate(commands):
-        script = command.script
         if command.route is not None and cluster is not None:
             node = cluster.get_node_from_key(command.route)
             checks.append((position, command.route, node.name))
             pipe.execute_command(command.name, *command.args, target_nodes=node)
-        elif script is None:
-            pipe.execute_command(command.name, *command.args)
-        elif command.send_source:
-            pipe.execute_command(
-                "EVAL", script.source, len(command.keys), *command.keys, *command.args
-            )
         else:
-            pipe.execute_command(
-                "EVALSHA", script.sha, len(command.keys), *command.keys, *command.args
-            )
+            pipe.execute_command(*command_args(command))
     return checks
+
+
+def command_args(command: Command) -> tuple[Any, ...]:
+    """What goes on the wire for ``command``: a script by SHA1, or with its source."""
+    script = command.script
+    if script is None:
+        return (command.name, *command.args)
+    if command.send_source:
+        return ("EVAL", script.source, len(command.keys), *command.keys, *command.args)
+    return ("EVALSHA", script.sha, len(command.keys), *command.keys, *command.args)
 
 
 def check_routes(pipe: Any, checks: list[RouteCheck], results: list[Any]) -> list[Any]:

@@ -1,8 +1,8 @@
 """Reading a context: its client's part and its company's sections, in one round trip.
 
-The client's part and the company's sections live in two hash slots, so a
-read sends one ``READ_PARTS`` script per slot in a single pipeline (one
-round trip on a single server; one per node in a Cluster). A hit needs the
+The client's part and the company's sections live in two hash slots: on a
+single server a read is one ``READ_PARTS`` script over all of them; on a
+Cluster it sends one per slot in a single pipeline (one round trip per node). A hit needs the
 client's part and every company section it was stored with; if any is
 missing the read is a miss, never a half context.
 """
@@ -149,15 +149,19 @@ def read_parts(
     l1 = core.l1
     held = [l1.get(key) for key in keys] if l1.enabled else [None] * len(keys)
     stamps = [entry.stamp if entry is not None else b"" for entry in held]
-    commands = (
-        Command("READ_PARTS", (stamps[0],), READ_PARTS, keys[:1]),
-        Command("READ_PARTS", tuple(stamps[1:]), READ_PARTS, keys[1:]),
-    )
+    if core.cluster:  # one script per slot
+        commands: tuple[Command, ...] = (
+            Command("READ_PARTS", (stamps[0],), READ_PARTS, keys[:1]),
+            Command("READ_PARTS", tuple(stamps[1:]), READ_PARTS, keys[1:]),
+        )
+    else:  # one script call: a hit's trip is a single command, the cheapest on both ends
+        commands = (Command("READ_PARTS", tuple(stamps), READ_PARTS, keys),)
     replies = yield from core.redis(operation, who.target, commands)
     if isinstance(replies, Unavailable):
         return UNAVAILABLE
-    flat = [*replies[0], *replies[1]]
+    flat = [item for reply in replies for item in reply]
     parts = Parts()
+    l1_hits = 0
     for index, key in enumerate(keys):
         status, raw, pttl = int(flat[3 * index]), flat[3 * index + 1], int(flat[3 * index + 2])
         name, kind = ("client", KIND_CLIENT) if index == 0 else (names[index - 1], KIND_SECTION)
@@ -165,7 +169,7 @@ def read_parts(
         if status == PART_UNCHANGED and entry is not None:
             if not serve_stale and _stale(core, pttl):
                 continue  # past its TTL, for a read that cannot refresh it (see below)
-            core.stats.add("l1_hits")
+            l1_hits += 1
             content = _content(entry, kind)
         elif status == PART_VALUE:
             try:
@@ -195,6 +199,8 @@ def read_parts(
             parts.client, parts.client_stamp = content, entry.stamp
         else:
             parts.sections[name] = content
+    if l1_hits:
+        core.stats.add("l1_hits", l1_hits)
     yield from drop_corrupt(core, parts.corrupt, who.target)
     return parts
 

@@ -1,7 +1,8 @@
 """Server-side atomic steps, as Lua scripts.
 
 Each script touches the keys of one client or of one company, which share a
-Redis Cluster hash slot (see :mod:`ctxcache.core.keys`); none touches both.
+Redis Cluster hash slot (see :mod:`ctxcache.core.keys`); none touches both,
+except ``READ_PARTS`` on a single server, where slots do not matter.
 
 Generations are the guard against stale sets (a lease, as in Facebook's
 memcache). A client's generation is a counter key; a company's are fields of
@@ -69,7 +70,7 @@ PART_ABSENT: Final = 0
 PART_VALUE: Final = 1
 PART_UNCHANGED: Final = 2
 
-# Reads parts of one slot. For a part the reader holds decoded, it compares
+# Reads parts (of one slot, on a Cluster). For a part the reader holds decoded, it compares
 # the 8-byte stamp at offset 8 of the envelope (see ctxcache.core.wire)
 # instead of sending the value back.
 # KEYS[i] a part; ARGV[i] the stamp the reader holds for it, or ''
