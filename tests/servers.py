@@ -77,7 +77,8 @@ class ServerProcess:
             except OSError:
                 raise RuntimeError(
                     f"loopback port {self.port} is in use: the test servers need"
-                    " CTXCACHE_TEST_HA_PORT moved to a free range of 15 ports"
+                    " CTXCACHE_TEST_HA_PORT moved to a free range of 15 ports (a test run"
+                    " killed before its teardown leaves its servers: `ss -ltnp` names them)"
                 ) from None
         binary = shutil.which("redis-server") or "redis-server"
         log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - the child keeps it
