@@ -14,8 +14,9 @@
   shared section).
 * Early refresh: requests over 1,000 clients of 10 companies (Zipf), short
   TTLs and a loader of fixed duration, run with XFetch off and on, and with
-  a stale grace of one TTL: how many requests waited for a load, and how
-  many loads there were.
+  a stale grace of one TTL and of the run's length: how many requests waited
+  for a load (for a part's first load, or after it expired), and how many
+  loads there were.
 
 Runs against ``--url`` (else ``CTXCACHE_REDIS_URL``, else local db 0); writes
 only keys under ``ctxcache-bench:`` (and dogpile's lock
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import math
 import random
 import statistics
 import threading
@@ -72,7 +74,7 @@ ZIPF_S = 1.0
 LOAD_SECONDS = 0.05
 WAITED_S = LOAD_SECONDS / 2  # slower than this without waiting for a load: the machine
 BETAS = (0.0, 1.0, 10.0)  # off, the default, and an eager one
-# Then beta 1 with a stale grace of one TTL (CTXCACHE_STALE_GRACE = TTL).
+# Then beta 1 with a stale grace (CTXCACHE_STALE_GRACE) of one TTL, and of the run.
 GRACE_BETA = 1.0
 REQUEST_THREADS = 16  # a service's concurrent requests: one waiting does not stall the rest
 
@@ -130,9 +132,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 for beta in BETAS
             },
-            grace_row(ttl): measure_early_refresh(
-                admin, url, context, GRACE_BETA, ttl, duration, rate, grace=ttl
-            ),
+            **{
+                grace_row(grace): measure_early_refresh(
+                    admin, url, context, GRACE_BETA, ttl, duration, rate, grace=grace
+                )
+                for grace in graces(ttl, duration)
+            },
         }
     finally:
         for cache in caches.values():
@@ -168,6 +173,8 @@ def measure_hits(
     ops["dogpile"] = lambda: region.get(DOGPILE_KEY)
     for name, op in ops.items():
         assert op() == context, f"{name} did not read the context back"
+    # The floor of any hit that proves its parts current: one small round trip.
+    ops["ping"] = caches["off"].client.ping
     before = {name: cache.stats() for name, cache in caches.items()}
     ns = round_robin(ops, iterations, warmup)
     for name, cache in caches.items():
@@ -179,6 +186,7 @@ def measure_hits(
         figures[name]["vs_dogpile"] = round(figures[name]["median_ms"] / dogpile, 3)
     default_ratio = figures[default_mode]["vs_dogpile"]
     shared = figures["shared"]["median_ms"]
+    round_trip = figures["ping"]["median_ms"]
     figures["target"] = {
         "default_mode": default_mode,
         "default_vs_dogpile": default_ratio,
@@ -186,6 +194,8 @@ def measure_hits(
         "pass_default": default_ratio <= TARGET_DEFAULT_VS_DOGPILE,
         "shared_about_ms": TARGET_SHARED_MS,
         "shared_ms": shared,
+        "ping_ms": round_trip,
+        "shared_vs_ping": round(shared / round_trip, 3),
         "modes_meeting_default_target": [
             m for m in L1_MODES if figures[m]["vs_dogpile"] <= TARGET_DEFAULT_VS_DOGPILE
         ],
@@ -337,9 +347,20 @@ def zipf_requests(count: int, seed: int = 10) -> list[int]:
     return [order[i] for i in rng.choices(range(REFRESH_CLIENTS), weights, k=count)]
 
 
-def grace_row(ttl: int) -> str:
-    """The results key of the run with a stale grace of one TTL."""
-    return f"beta_{GRACE_BETA:g}_grace_{ttl:g}"
+def graces(ttl: int, duration: float) -> tuple[int, ...]:
+    """The stale graces tried with XFetch: one TTL, and one that spans the run.
+
+    With TTL + grace at least the run's length, every client that comes back
+    finds its parts, at worst stale; without it, a client away longer than
+    TTL + grace waits as for a first load, since nothing read its parts to
+    refresh them.
+    """
+    return tuple(sorted({ttl, max(ttl, math.ceil(duration - ttl))}))
+
+
+def grace_row(grace: int) -> str:
+    """The results key of the run with a stale grace of ``grace`` seconds."""
+    return f"beta_{GRACE_BETA:g}_grace_{grace:g}"
 
 
 def measure_early_refresh(
@@ -373,6 +394,7 @@ def measure_early_refresh(
     requests = zipf_requests(int(duration * rate))
     lock = threading.Lock()
     last_seen: dict[str, float] = {}  # part -> when a request last began reading it
+    stored: set[str] = set()  # parts a request has loaded (or found) at least once
     waits = {"first_ever": 0, "client_expired": 0, "company_expired": 0, "load_elsewhere": 0}
     slow_no_wait = 0  # took half a load or more without waiting for one: the machine
     within_ttl = 0  # waits on a part some request had read within its TTL: XFetch's chance
@@ -385,6 +407,7 @@ def measure_early_refresh(
         t0 = time.perf_counter()
         with lock:
             previous = {kind: last_seen.get(part) for kind, part in parts.items()}
+            first = {kind for kind, part in parts.items() if part not in stored}
             last_seen.update((part, t0) for part in parts.values())
         loaded: list[str] = []
         loader.local.parts, polled.yes = loaded, False
@@ -394,6 +417,8 @@ def measure_early_refresh(
             loader.local.parts = None
         elapsed = time.perf_counter() - t0
         assert got is not None
+        with lock:
+            stored.update(parts.values())
         if not (loaded or polled.yes):
             if elapsed >= WAITED_S:
                 with lock:
@@ -402,7 +427,7 @@ def measure_early_refresh(
         with lock:
             slow.append(elapsed)
             kinds = loaded or list(parts)
-            if any(previous[kind] is None for kind in kinds):
+            if first.intersection(kinds):  # loaded it first, or waited for its first load
                 waits["first_ever"] += 1
             elif not loaded:
                 waits["load_elsewhere"] += 1  # polled while another request loaded
@@ -460,9 +485,10 @@ def report(r: dict[str, Any]) -> str:
         r[k] for k in ("environment", "hit", "wire", "new_client", "mutation")
     )
     hits = [["repeated hit, parts in L1", "p50", "p90", "vs dogpile"]]
-    for name in (*L1_MODES, "off", "dogpile"):
+    labels = {"off": "L1 off", "ping": "PING (one round trip)"}
+    for name in (*L1_MODES, "off", "dogpile", "ping"):
         h = hit[name]
-        label = f"L1 {name}" if name in L1_MODES else ("L1 off" if name == "off" else name)
+        label = f"L1 {name}" if name in L1_MODES else labels.get(name, name)
         hits.append([label, ms(h["median_ms"]), ms(h["p90_ms"]), f"{h['vs_dogpile']:.2f}x"])
     firsts = [["first hit, new client, company in L1", "p50", "vs L1 off"]]
     for name in (*L1_MODES, "off"):
@@ -478,8 +504,8 @@ def report(r: dict[str, Any]) -> str:
     refresh[0] += ["company expired", "on another's load", "loads", "in background", "stale hits"]
     refresh[0].append("target")
     rows = [(f"beta {beta:g}" + (" (off)" if not beta else ""), f"beta_{beta:g}") for beta in BETAS]
-    grace = er["method"]["ttl_s"]
-    rows.append((f"beta {GRACE_BETA:g}, grace {grace:g} s", grace_row(grace)))
+    for grace in graces(er["method"]["ttl_s"], er["method"]["duration_s"]):
+        rows.append((f"beta {GRACE_BETA:g}, grace {grace:g} s", grace_row(grace)))
     for label, key in rows:
         e = er[key]
         w = e["waits"]  # load_elsewhere: polled for another request's load
@@ -510,7 +536,8 @@ def report(r: dict[str, Any]) -> str:
             table(hits),
             f"  default mode {t['default_mode']}: {t['default_vs_dogpile']:.2f}x dogpile"
             f" (<= {TARGET_DEFAULT_VS_DOGPILE}): {mark(t['pass_default'])};"
-            f" shared {ms(t['shared_ms'])} (about {TARGET_SHARED_MS} ms)",
+            f" shared {ms(t['shared_ms'])} (about {TARGET_SHARED_MS} ms),"
+            f" {t['shared_vs_ping']:.2f}x a PING's round trip",
             "",
             table(firsts),
             "",
