@@ -2,8 +2,8 @@
 
 The same methods as :class:`~ctxcache.ContextCache` (from
 :mod:`ctxcache.client.api`), as coroutines, on the same I/O-free core: this
-shell only runs the core's steps. Round trips are pipelines awaited on the
-event loop, pauses ``asyncio.sleep``, a loader is awaited when it is a
+shell only runs the core's steps. Round trips are pipelines (a lone script
+one call) awaited on the event loop, pauses ``asyncio.sleep``, a loader is awaited when it is a
 coroutine function and run in a thread otherwise (a blocking database call
 never stalls the loop), and background refreshes are tasks.
 """

@@ -2,8 +2,8 @@
 
 All cache logic is in :mod:`ctxcache.core` and the methods in
 :mod:`ctxcache.client.api`; this shell only runs their steps: round trips as
-pipelines, pauses with ``sleep``, loader calls, background refreshes on a
-small thread pool.
+pipelines (a lone script as one call, no pipeline), pauses with ``sleep``,
+loader calls, background refreshes on a small thread pool.
 """
 
 from __future__ import annotations
