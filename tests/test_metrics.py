@@ -452,7 +452,7 @@ def test_dashboard_is_valid_and_uses_only_exported_metrics(fake_cache: ContextCa
         assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}"
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
-            names = set(re.findall(r"\bctxcache_[a-z_]+\b", target["expr"]))
+            names = set(re.findall(r"\bctxcache_[a-z0-9_]+\b", target["expr"]))
             assert names, target["expr"]
             assert names <= exported, (panel["title"], names - exported)
             used |= names
@@ -471,6 +471,10 @@ def test_dashboard_is_valid_and_uses_only_exported_metrics(fake_cache: ContextCa
         "ctxcache_warmups_total",
         "ctxcache_errors_total",
         "ctxcache_corrupt_values_total",
+        "ctxcache_l1_hits_total",
+        "ctxcache_l1_bytes",
+        "ctxcache_stale_hits_total",
+        "ctxcache_early_refreshes_total",
     } <= used
 
 
@@ -498,3 +502,31 @@ def test_stats_and_the_endpoint_count_by_scope(cache_factory: Factory) -> None:
     assert value(samples, "ctxcache_part_misses_total", scope="company") == 1
     assert value(samples, "ctxcache_cached_sections") == 1
     assert value(samples, "ctxcache_cached_bytes", scope="company") == result.section_bytes
+
+
+def test_the_endpoint_shows_the_in_process_caches_and_close_takes_its_bytes_out(
+    cache_factory: Factory,
+) -> None:
+    context = {"client": {"name": "Anna"}, "services": list(range(300)), "staff": [1, 2]}
+    reader = cache_factory(l1_max_bytes=9_500, stats_flush_interval=3600)
+    reader.set_cached_full_context(PHONE, COMPANY, context)
+    reader.get_cached_full_context(PHONE, COMPANY)  # every part fetched into L1
+    reader.get_cached_full_context(PHONE, COMPANY)  # every part from L1
+    bigger = {**context, "services": list(range(2000))}  # ~9 KB: fits, but not beside them
+    reader.set_cached_full_context(OTHER, COMPANY + 1, bigger)
+    reader.get_cached_full_context(OTHER, COMPANY + 1)  # over 9,500 bytes: evicts
+    local = reader.stats()
+    assert (local.l1_hits, local.l1_misses) == (3, 6)
+    assert local.l1_evictions >= 1
+    assert 0 < local.l1_bytes == reader.core.l1.size <= 9_500
+    assert reader.flush_stats()
+    server = serve_metrics(reader, 0)
+    try:
+        _, samples = scrape(server.server_port)
+    finally:
+        server.shutdown()
+    for name in ("hits", "misses", "evictions"):
+        assert value(samples, f"ctxcache_l1_{name}_total") == getattr(local, f"l1_{name}")
+    assert value(samples, "ctxcache_l1_bytes") == local.l1_bytes
+    reader.close()  # empties its L1 and pushes that: the fleet holds no bytes of it
+    assert cluster_stats(cache_factory()).totals.l1_bytes == 0

@@ -64,12 +64,14 @@ class AsyncContextCache(CacheMethods):
         self._background: set[asyncio.Task[Any]] = set()  # kept: the loop holds tasks weakly
 
     async def aclose(self) -> None:
-        """Let background refreshes finish, push the last counts, close the connections.
+        """Let background refreshes finish, empty the in-process cache, push the last
+        counts (its bytes leave the fleet's total), close the connections.
 
         As ``ContextCache.close`` waits for its refresh threads: a refresh
         holds a load lock that others would otherwise wait out.
         """
         await asyncio.gather(*self._background, return_exceptions=True)
+        self.core.l1.clear()
         await self.flush_stats()
         await self.client.aclose()
         pool = getattr(self.client, "connection_pool", None)

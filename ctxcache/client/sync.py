@@ -61,10 +61,12 @@ class ContextCache(CacheMethods):
         self._background_lock = threading.Lock()
 
     def close(self) -> None:
-        """Push the last counts, stop background refreshes, close the connections."""
-        self.flush_stats()
+        """Stop background refreshes, empty the in-process cache, push the last counts
+        (its bytes leave the fleet's total), close the connections."""
         if self._background is not None:
             self._background.shutdown(wait=True, cancel_futures=True)
+        self.core.l1.clear()
+        self.flush_stats()
         self.client.close()
         pool = getattr(self.client, "connection_pool", None)
         if pool is not None:

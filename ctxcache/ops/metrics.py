@@ -80,6 +80,9 @@ COUNTERS: Final[Mapping[str, tuple[str, str]]] = {
         "undecryptable",
         "Values and fields that failed to decrypt or were plain while encryption is required.",
     ),
+    "ctxcache_l1_hits": ("l1_hits", "Parts served from a process's in-process cache (L1)."),
+    "ctxcache_l1_misses": ("l1_misses", "Parts fetched and decoded into the in-process cache."),
+    "ctxcache_l1_evictions": ("l1_evictions", "Parts pushed out of L1 by its byte bound."),
     "ctxcache_hook_applied_later": (
         "hook_applied_later",
         "Invalidations Redis refused in a booking hook, applied later by the hook's process.",
@@ -219,6 +222,12 @@ def _families(stats: ClusterStats) -> Iterator[Metric]:
     )
     yield _gauge(
         "ctxcache_hit_ratio", "Hits over lookups since the counters began.", totals.hit_rate
+    )
+    yield _gauge(
+        "ctxcache_l1_bytes",
+        "JSON bytes held in the in-process caches, summed over the processes as they last"
+        " pushed their counts (a process that stopped without close() keeps its figure).",
+        totals.l1_bytes,
     )
     yield _gauge("ctxcache_cached_contexts", "Clients' parts in the cache.", stats.cached_contexts)
     yield _gauge(
