@@ -27,9 +27,11 @@ from ctxcache import (
     SectionedLoader,
     mask_phone,
 )
+from ctxcache.errors import UndecryptableValueError
 from ctxcache.settings import CacheSettings
 
 from . import runtime, transport  # noqa: F401  (transport: per-worker broker options)
+from .sealed import open_phone, seal_phone
 
 __all__ = [
     "INVALIDATE_COMPANY_TASK",
@@ -101,7 +103,9 @@ def _register_tasks(celery_app: Celery) -> None:
         "shared": False,  # each app gets its own tasks; no global registration
         "acks_late": True,
         "reject_on_worker_lost": True,
-        "autoretry_for": (CacheUnavailableError,),
+        # A phone sealed with a key this worker lacks: another worker (or this one,
+        # once configured) may hold it; the invalidation waits in the queue, not lost.
+        "autoretry_for": (CacheUnavailableError, UndecryptableValueError),
         "retry_backoff": 1,
         "retry_backoff_max": backoff_cap,
         "retry_jitter": True,
@@ -125,6 +129,11 @@ def _register_tasks(celery_app: Celery) -> None:
         "apply outright") are checked the same way.
         """
         cache = runtime.get_cache()
+        try:
+            phone = open_phone(cache, phone, company_id)
+        except UndecryptableValueError as exc:
+            logger.error("safety net for a client of company %s: %s; retrying", company_id, exc)
+            raise
         if sections is None:  # a message of the first versions: the client's part alone
             outcome = cache.ensure_invalidated(phone, company_id, generation)
         else:
@@ -176,7 +185,8 @@ def _register_tasks(celery_app: Celery) -> None:
                 warm_company.apply_async((company, refresh_threshold), expires=interval)
             companies.update(new)
             group(
-                warm_one.s(phone, company, refresh_threshold) for phone, company in chunk
+                warm_one.s(seal_phone(cache, phone, company), company, refresh_threshold)
+                for phone, company in chunk
             ).apply_async(expires=interval)
             queued += len(chunk)
         logger.info("warm-up: queued %d companies and %d VIP contexts", len(companies), queued)
@@ -194,6 +204,11 @@ def _register_tasks(celery_app: Celery) -> None:
     def warm_context(phone: str, company_id: int, refresh_threshold: float | None = None) -> str:
         """Load and cache one context unless it is fresh; an invalidation meanwhile wins."""
         cache = runtime.get_cache()
+        try:
+            phone = open_phone(cache, phone, company_id)
+        except UndecryptableValueError as exc:  # the next warm-up run queues it again
+            logger.error("warm-up of a client of company %s skipped: %s", company_id, exc)
+            return "unreadable"
         loader = runtime.get_loader()
         outcome = cache.warm_full_context(phone, company_id, loader, refresh_threshold)
         logger.info("warm-up of %s / %s: %s", mask_phone(phone), company_id, outcome.value)

@@ -33,6 +33,7 @@ from ctxcache import ContextCache, InvalidationFailedError, mask_phone
 from . import runtime
 from .app import INVALIDATE_COMPANY_TASK, INVALIDATE_TASK
 from .app import app as default_app
+from .sealed import seal_phone
 
 __all__ = [
     "Booking",
@@ -233,6 +234,8 @@ def invalidate_now_and_queue(
         runtime.get_pending().add(target)
         logger.error("%s for %s: Redis did not take the invalidation; queuing it", event, what)
     name, args, kwargs = target.safety_net(receipt)
+    if name == INVALIDATE_TASK:  # (phone, company_id, ...): the phone goes sealed if it can
+        args = (seal_phone(cache, args[0], args[1]), *args[1:])
     try:
         (app or default_app).tasks[name].apply_async(
             args, kwargs, retry=True, retry_policy=PUBLISH_RETRY_POLICY

@@ -6,6 +6,8 @@ read back from the broker.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -51,6 +53,18 @@ def queued_messages(celery_app: Celery, queue_name: str = INVALIDATE_QUEUE) -> l
             args, kwargs, _embed = message.decode()
             found.append((message.headers["task"], args, kwargs))
     return found
+
+
+@contextlib.contextmanager
+def hooks_using(cache: ContextCache) -> Iterator[ContextCache]:
+    """The hooks' process runs with ``cache``; closed at the end."""
+    runtime.reset()
+    runtime.configure(cache=cache)
+    try:
+        yield cache
+    finally:
+        runtime.reset()
+        cache.close()
 
 
 def dead_cache() -> ContextCache:
