@@ -135,3 +135,39 @@ def test_a_server_gone_mid_hit_is_a_miss_and_the_next_hit_reconnects(
     assert client.get_cached_full_context(PHONE, COMPANY) is None  # a plain miss, no error
     assert client.set_cached_full_context(PHONE, COMPANY, CONTEXT)
     assert client.get_cached_full_context(PHONE, COMPANY) == CONTEXT
+
+
+class KeepsConnectionOnFailedRead(redis.Connection):
+    """As redis-py's Sentinel connections: a failed read leaves the socket open.
+
+    ``fail_next`` makes the next read time out before reading the reply.
+    """
+
+    fail_next = False
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if KeepsConnectionOnFailedRead.fail_next:
+            KeepsConnectionOnFailedRead.fail_next = False
+            raise redis.TimeoutError("simulated: the reply is late")
+        return super().read_response(*args, disconnect_on_error=False, **kwargs)
+
+
+def test_a_failed_read_closes_the_connection_so_no_one_gets_its_late_reply(
+    spare_redis: SpareRedis,
+) -> None:
+    pool = redis.ConnectionPool(
+        connection_class=KeepsConnectionOnFailedRead, port=spare_redis.port, max_connections=1
+    )
+    settings = make_settings(redis_url=spare_redis.url, l1_mode="shared")
+    cache = ContextCache(redis.Redis(connection_pool=pool), settings)
+    try:
+        assert cache.set_cached_full_context(PHONE, COMPANY, CONTEXT)
+        assert cache.get_cached_full_context(PHONE, COMPANY) == CONTEXT
+        KeepsConnectionOnFailedRead.fail_next = True
+        assert cache.get_cached_full_context(PHONE, COMPANY) is None  # fail-open
+        [connection] = pool._available_connections
+        assert connection._sock is None  # closed, its reply unread: never reused
+        assert cache.get_cached_full_context(PHONE, COMPANY) == CONTEXT
+    finally:
+        KeepsConnectionOnFailedRead.fail_next = False
+        cache.close()

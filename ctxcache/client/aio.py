@@ -125,11 +125,14 @@ class AsyncContextCache(CacheMethods):
         """One script call on a pooled connection, with no pipeline (see the sync client's)."""
         pool = self.client.connection_pool
         connection = await pool.get_connection()
-        try:  # a connection whose write or read failed (or was cancelled) is closed by redis-py
+        try:
             await connection.send_command(*command_args(command))
             return await connection.read_response()
-        except ResponseError as exc:
+        except ResponseError as exc:  # the whole reply was read: the connection is clean
             return exc
+        except BaseException:  # a timeout, a cancellation: the reply may still come
+            await connection.disconnect(nowait=True)
+            raise
         finally:
             await pool.release(connection)
 

@@ -117,11 +117,17 @@ class ContextCache(CacheMethods):
         """
         pool = self.client.connection_pool
         connection = pool.get_connection()
-        try:  # a connection whose write or read failed is closed by redis-py itself
+        try:
             connection.send_command(*command_args(command))
             return connection.read_response()
-        except redis.ResponseError as exc:
+        except redis.ResponseError as exc:  # the whole reply was read: the connection is clean
             return exc
+        except BaseException:
+            # A timeout, an interrupt: the reply may still come. Sentinel's connections
+            # do not close themselves on a failed read; a pooled one would hand this
+            # reply to the next caller.
+            connection.disconnect()
+            raise
         finally:
             pool.release(connection)
 
