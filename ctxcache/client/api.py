@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+import types
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import (
     TYPE_CHECKING,
@@ -61,6 +62,15 @@ class api(Generic[P, T]):
         self.__name__ = method.__name__
         self.__wrapped__ = method
 
+        # ``run`` is a plain method of the sync client and a coroutine function
+        # of the asyncio one: the same line returns a result or a coroutine.
+        # Built once: binding it per call is cheap, wrapping it per call was not.
+        @functools.wraps(method)
+        def call(client: Any, *args: Any, **kwargs: Any) -> Any:
+            return client.run(_deferred(method, client, args, kwargs))
+
+        self._call = call
+
     @overload
     def __get__(self, client: None, owner: type[Any]) -> api[P, T]: ...
 
@@ -75,18 +85,7 @@ class api(Generic[P, T]):
     def __get__(self, client: Any, owner: type[Any]) -> Any:
         if client is None:
             return self
-        method = self.method
-
-        # ``run`` is a plain method of the sync client and a coroutine function
-        # of the asyncio one: the same line returns a result or a coroutine.
-        @functools.wraps(method)
-        def bound(*args: Any, **kwargs: Any) -> Any:
-            return client.run(_deferred(method, client, args, kwargs))
-
-        # Kept on the instance, which then finds it before this descriptor: a hit
-        # is a few tens of microseconds of Python, and wrapping cost five of them.
-        client.__dict__[self.__name__] = bound
-        return bound
+        return types.MethodType(self._call, client)
 
 
 def _deferred(
