@@ -19,6 +19,7 @@ __all__ = [
     "InvalidTTLError",
     "InvalidUrlError",
     "InvalidationFailedError",
+    "MissingKeyError",
     "SectionScopeError",
     "TunnelError",
     "TunnelNotRunningError",
@@ -157,3 +158,11 @@ class TunnelError(CtxCacheError):
 
 class TunnelNotRunningError(TunnelError):
     """``ctxcache tunnel stop`` found no tunnel that it started."""
+
+
+class MissingKeyError(UndecryptableValueError):
+    """A sealed value or task argument names a key this process does not hold.
+
+    Unlike a tampered value it may open elsewhere (a process with the key, or
+    this one once configured): a queued invalidation is retried, not dropped.
+    """

@@ -78,6 +78,9 @@ class CacheSettings(BaseSettings):
     require_encryption: bool = False
     # Keys carry HMAC-SHA256(secret, phone) instead of the phone: a new keyspace.
     key_secret: SecretStr | None = None
+    # Phones in task messages (safety nets, VIP warm-ups) go sealed; needs a key.
+    # Turn on once every worker runs a version that opens them (tasks/sealed.py).
+    seal_task_phones: bool = False
 
     full_context_ttl: int = Field(default=FULL_CONTEXT_TTL, gt=0)
     dialog_context_ttl: int = Field(default=DIALOG_CONTEXT_TTL, gt=0)
@@ -217,6 +220,13 @@ class CacheSettings(BaseSettings):
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().encode()) < 16:
             raise ValueError("must be at least 16 bytes (32 random bytes in base64 is good)")
+        return value
+
+    @field_validator("seal_task_phones")
+    @classmethod
+    def _sealing_needs_a_key(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("encryption_keys") is None and not info.data.get("key_secret"):
+            raise ValueError("true needs CTXCACHE_ENCRYPTION_KEYS or CTXCACHE_KEY_SECRET")
         return value
 
     @field_validator("require_encryption")

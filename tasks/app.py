@@ -27,7 +27,7 @@ from ctxcache import (
     SectionedLoader,
     mask_phone,
 )
-from ctxcache.errors import UndecryptableValueError
+from ctxcache.errors import MissingKeyError, UndecryptableValueError
 from ctxcache.settings import CacheSettings
 
 from . import runtime, transport  # noqa: F401  (transport: per-worker broker options)
@@ -105,7 +105,7 @@ def _register_tasks(celery_app: Celery) -> None:
         "reject_on_worker_lost": True,
         # A phone sealed with a key this worker lacks: another worker (or this one,
         # once configured) may hold it; the invalidation waits in the queue, not lost.
-        "autoretry_for": (CacheUnavailableError, UndecryptableValueError),
+        "autoretry_for": (CacheUnavailableError, MissingKeyError),
         "retry_backoff": 1,
         "retry_backoff_max": backoff_cap,
         "retry_jitter": True,
@@ -131,8 +131,16 @@ def _register_tasks(celery_app: Celery) -> None:
         cache = runtime.get_cache()
         try:
             phone = open_phone(cache, phone, company_id)
-        except UndecryptableValueError as exc:
+        except MissingKeyError as exc:
             logger.error("safety net for a client of company %s: %s; retrying", company_id, exc)
+            raise
+        except UndecryptableValueError as exc:  # no key will ever open it: nothing to retry
+            logger.critical(
+                "safety net for a client of company %s dropped: its sealed phone cannot be"
+                " opened: %s",
+                company_id,
+                exc,
+            )
             raise
         if sections is None:  # a message of the first versions: the client's part alone
             outcome = cache.ensure_invalidated(phone, company_id, generation)

@@ -21,6 +21,7 @@ def _every_error() -> list[CtxCacheError]:
         errors.InvalidContextError("bad context", path="services[3].price"),
         errors.ContextTooLargeError("too large", size=10, limit=5),
         errors.CacheUnavailableError("down"),
+        errors.MissingKeyError("sealed with key 0a1b2c3d"),
     ]
 
 

@@ -19,7 +19,7 @@ from test_hooks import hooks_using, queued_messages
 from worker_support import CeleryProcess, wait_until
 
 from ctxcache import ContextCache, mask_phone
-from ctxcache.errors import UndecryptableValueError
+from ctxcache.errors import ConfigurationError, MissingKeyError, UndecryptableValueError
 from tasks import INVALIDATE_TASK, InvalidationOutcome, booking_created
 from tasks.sealed import SEALED_PREFIX, open_phone, seal_phone
 
@@ -29,8 +29,8 @@ celery_process = test_celery.celery_process
 DIGITS = PHONE.removeprefix("+")
 
 
-def keyed_cache(url: str | None = None, **settings: str) -> ContextCache:
-    values = {"encryption_keys": K1, **settings}
+def keyed_cache(url: str | None = None, **settings: object) -> ContextCache:
+    values: dict[str, object] = {"encryption_keys": K1, "seal_task_phones": True, **settings}
     if url is not None:
         values["redis_url"] = url
     return ContextCache.from_settings(make_settings(**values))
@@ -44,8 +44,9 @@ def test_a_phone_is_sealed_with_a_key_and_opens_only_for_its_company() -> None:
         assert DIGITS not in sealed
         assert sealed != seal_phone(cache, PHONE, COMPANY)  # a fresh nonce each time
         assert open_phone(cache, sealed, COMPANY) == PHONE
-        with pytest.raises(UndecryptableValueError, match="fails authentication"):
+        with pytest.raises(UndecryptableValueError, match="fails authentication") as raised:
             open_phone(cache, sealed, COMPANY + 1)  # replayed for another company
+        assert not isinstance(raised.value, MissingKeyError)  # never opens: not retried
         assert open_phone(cache, PHONE, COMPANY) == PHONE  # a plain one from an older sender
         with pytest.raises(UndecryptableValueError, match="base64"):
             open_phone(cache, SEALED_PREFIX + "%%%", COMPANY)
@@ -53,23 +54,31 @@ def test_a_phone_is_sealed_with_a_key_and_opens_only_for_its_company() -> None:
         cache.close()
 
 
-def test_without_a_key_the_phone_goes_plain_and_a_sealed_one_names_what_is_missing() -> None:
+def test_the_phone_goes_plain_unless_sealing_is_on_and_a_missing_key_is_named() -> None:
     keyed, plain = keyed_cache(), ContextCache.from_settings(make_settings())
     rotated = keyed_cache(encryption_keys=K2)
+    not_yet = keyed_cache(seal_task_phones=False)  # keys, but old workers may still run
     try:
         assert seal_phone(plain, PHONE, COMPANY) == PHONE
+        assert seal_phone(not_yet, PHONE, COMPANY) == PHONE
         sealed = seal_phone(keyed, PHONE, COMPANY)
-        with pytest.raises(UndecryptableValueError, match="no CTXCACHE_ENCRYPTION_KEYS"):
+        assert open_phone(not_yet, sealed, COMPANY) == PHONE  # workers open it regardless
+        with pytest.raises(MissingKeyError, match="no CTXCACHE_ENCRYPTION_KEYS"):
             open_phone(plain, sealed, COMPANY)
-        with pytest.raises(UndecryptableValueError, match="not in CTXCACHE_ENCRYPTION_KEYS"):
+        with pytest.raises(MissingKeyError, match="not in CTXCACHE_ENCRYPTION_KEYS"):
             open_phone(rotated, sealed, COMPANY)
     finally:
-        for cache in (keyed, plain, rotated):
+        for cache in (keyed, plain, rotated, not_yet):
             cache.close()
 
 
+def test_sealing_needs_a_key() -> None:
+    with pytest.raises(ConfigurationError, match="CTXCACHE_SEAL_TASK_PHONES"):
+        make_settings(seal_task_phones=True)
+
+
 def test_a_key_secret_alone_seals_too() -> None:
-    cache = ContextCache.from_settings(make_settings(key_secret="s" * 32))
+    cache = ContextCache.from_settings(make_settings(key_secret="s" * 32, seal_task_phones=True))
     try:
         sealed = seal_phone(cache, PHONE, COMPANY)
         assert sealed.startswith(SEALED_PREFIX)

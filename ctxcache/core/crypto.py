@@ -34,7 +34,7 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ctxcache.errors import UndecryptableValueError
+from ctxcache.errors import MissingKeyError, UndecryptableValueError
 
 __all__ = [
     "KEY_ID_SIZE",
@@ -134,8 +134,9 @@ class ValueCipher:
         aead = self._by_id.get(kid)
         if aead is None:
             # The fingerprint is safe to show: it names the key an operator must add.
-            raise UndecryptableValueError(
+            raise MissingKeyError(
                 f"value is encrypted with key {kid.hex()}, not in CTXCACHE_ENCRYPTION_KEYS"
+                " (nor the key CTXCACHE_KEY_SECRET derives)"
             )
         nonce = sealed[KEY_ID_SIZE : KEY_ID_SIZE + NONCE_SIZE]
         try:
