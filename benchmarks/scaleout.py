@@ -106,39 +106,60 @@ def _timed(call: Callable[[], object], times: int) -> list[float]:
     return out
 
 
+Operations = Callable[[ContextCache, Callable[[], str]], dict[str, Callable[[], object]]]
+
+
+def _alternating(
+    caches: dict[str, ContextCache], operations: Operations, phones: list[str], per_round: int
+) -> dict[str, dict[str, Any]]:
+    """p50/p99 of each cache's operations over ``ROUNDS`` rounds, the caches' order flipped
+    each round so that machine noise lands on both alike.
+
+    ``operations(cache, next_phone)`` names the calls to time on ``cache``, each
+    ``per_round`` times per round; ``next_phone`` walks ``phones``.
+    """
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in caches}
+    for round_number in range(ROUNDS):
+        order = list(caches) if round_number % 2 == 0 else list(reversed(caches))
+        for name in order:
+            counter = iter(range(10**9))
+
+            def next_phone(counter: Any = counter) -> str:
+                return phones[next(counter) % len(phones)]
+
+            for kind, call in operations(caches[name], next_phone).items():
+                samples[name].setdefault(kind, []).extend(_timed(call, per_round))
+    return {
+        name: {kind: _stats(values) for kind, values in kinds.items()}
+        for name, kinds in samples.items()
+    }
+
+
 def _hit_and_set(
     caches: dict[str, ContextCache], context: dict[str, Any], iterations: int, warmup: int
 ) -> dict[str, Any]:
     phones = [f"+7900777{n:04d}" for n in range(20)]
-    per_round = max(1, iterations // ROUNDS)
-    samples: dict[str, dict[str, list[float]]] = {name: {"hit": [], "set": []} for name in caches}
     for cache in caches.values():  # warm connections and scripts
         for phone in phones:
             cache.set_cached_full_context(phone, COMPANY, context)
         _timed(lambda c=cache: c.get_cached_full_context(phones[0], COMPANY), warmup)
-    for round_number in range(ROUNDS):
-        order = list(caches) if round_number % 2 == 0 else list(reversed(caches))
-        for name in order:
-            cache = caches[name]
-            counter = iter(range(10**9))
 
-            def hit(c: ContextCache = cache, counter: Any = counter) -> object:
-                found = c.get_cached_full_context(phones[next(counter) % len(phones)], COMPANY)
-                assert found is not None
-                return found
+    def operations(
+        cache: ContextCache, next_phone: Callable[[], str]
+    ) -> dict[str, Callable[[], object]]:
+        def hit() -> object:
+            found = cache.get_cached_full_context(next_phone(), COMPANY)
+            assert found is not None
+            return found
 
-            def put(c: ContextCache = cache, counter: Any = counter) -> object:
-                ok = c.set_cached_full_context(
-                    phones[next(counter) % len(phones)], COMPANY, context
-                )
-                assert ok
-                return ok
+        def put() -> object:
+            ok = cache.set_cached_full_context(next_phone(), COMPANY, context)
+            assert ok
+            return ok
 
-            samples[name]["hit"] += _timed(hit, per_round)
-            samples[name]["set"] += _timed(put, per_round)
-    out: dict[str, Any] = {}
-    for name, kinds in samples.items():
-        out[name] = {kind: _stats(values) for kind, values in kinds.items()}
+        return {"hit": hit, "set": put}
+
+    out: dict[str, Any] = _alternating(caches, operations, phones, max(1, iterations // ROUNDS))
     out["cluster_over_standalone"] = {
         kind: round(out["cluster"][kind]["p50_ms"] / out["standalone"][kind]["p50_ms"], 2)
         for kind in ("hit", "set")
@@ -152,40 +173,30 @@ def _invalidations(url: str, iterations: int, warmup: int) -> dict[str, Any]:
         "no_wait": _cache(url, invalidation_replicas="0"),
     }
     phones = [f"+7900888{n:04d}" for n in range(20)]
-    per_round = max(1, iterations // ROUNDS)
-    samples: dict[str, dict[str, list[float]]] = {
-        name: {"client": [], "booking": []} for name in caches
-    }
+
+    def operations(
+        cache: ContextCache, next_phone: Callable[[], str]
+    ) -> dict[str, Callable[[], object]]:
+        def client() -> object:
+            done = cache.apply_invalidation(next_phone(), COMPANY)
+            assert done is not None
+            return done
+
+        def booking() -> object:
+            done = cache.apply_booking_invalidation(next_phone(), COMPANY)
+            assert done is not None
+            return done
+
+        return {"client": client, "booking": booking}
+
     try:
         for cache in caches.values():
             for phone in phones[:warmup]:
                 cache.apply_booking_invalidation(phone, COMPANY)
-        for round_number in range(ROUNDS):
-            order = list(caches) if round_number % 2 == 0 else list(reversed(caches))
-            for name in order:
-                cache = caches[name]
-                counter = iter(range(10**9))
-
-                def client(c: ContextCache = cache, counter: Any = counter) -> object:
-                    done = c.apply_invalidation(phones[next(counter) % len(phones)], COMPANY)
-                    assert done is not None
-                    return done
-
-                def booking(c: ContextCache = cache, counter: Any = counter) -> object:
-                    phone = phones[next(counter) % len(phones)]
-                    done = c.apply_booking_invalidation(phone, COMPANY)
-                    assert done is not None
-                    return done
-
-                samples[name]["client"] += _timed(client, per_round)
-                samples[name]["booking"] += _timed(booking, per_round)
+        return _alternating(caches, operations, phones, max(1, iterations // ROUNDS))
     finally:
         for cache in caches.values():
             cache.close()
-    out: dict[str, Any] = {}
-    for name, kinds in samples.items():
-        out[name] = {kind: _stats(values) for kind, values in kinds.items()}
-    return out
 
 
 def _stats(values: list[float]) -> dict[str, float]:
