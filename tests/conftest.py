@@ -399,29 +399,27 @@ def local_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSe
         sentinel.stop()
 
 
-@pytest.fixture
-def cluster_cache(local_cluster: LocalCluster, clock: FakeClock) -> Iterator[ContextCache]:
-    """A cache on the local Cluster, emptied before and after the test."""
-    local_cluster.wait_healthy()
-    local_cluster.flush()
+def _ha_cache(
+    deployment: LocalCluster | LocalSentinel, url: str, clock: FakeClock
+) -> Iterator[ContextCache]:
+    """A cache on ``url`` of ``deployment``, which is emptied before and after the test."""
+    deployment.wait_healthy()
+    deployment.flush()
     cache = ContextCache.from_settings(
-        make_settings(redis_url=local_cluster.url, **HA_SETTINGS), clock=clock, sleep=clock.sleep
+        make_settings(redis_url=url, **HA_SETTINGS), clock=clock, sleep=clock.sleep
     )
     yield cache
     cache.close()
-    local_cluster.flush()
+    deployment.flush()
+
+
+@pytest.fixture
+def cluster_cache(local_cluster: LocalCluster, clock: FakeClock) -> Iterator[ContextCache]:
+    """A cache on the local Cluster, emptied before and after the test."""
+    yield from _ha_cache(local_cluster, local_cluster.url, clock)
 
 
 @pytest.fixture
 def sentinel_cache(local_sentinel: LocalSentinel, clock: FakeClock) -> Iterator[ContextCache]:
     """A cache on the master the local sentinels name, emptied before and after the test."""
-    local_sentinel.wait_healthy()
-    local_sentinel.flush()
-    cache = ContextCache.from_settings(
-        make_settings(redis_url=local_sentinel.url(), **HA_SETTINGS),
-        clock=clock,
-        sleep=clock.sleep,
-    )
-    yield cache
-    cache.close()
-    local_sentinel.flush()
+    yield from _ha_cache(local_sentinel, local_sentinel.url(), clock)

@@ -9,11 +9,10 @@ primary. Invalidations wait for a replica per slot (``WAIT``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-import redis
 from conftest import COMPANY, PHONE, FakeClock, make_settings
 from servers import LocalCluster, LocalSentinel
 
@@ -190,38 +189,28 @@ def test_without_replicas_auto_waits_for_none(
     assert [c.name for c in recorded if c.name in ("WAIT", "ROLE")] == []  # learnt: no replica
 
 
+# A cache that needs one replica's acknowledgement, on the test server that has none.
+NO_REPLICA_ANSWERS = {"invalidation_replicas": "1", "invalidation_wait_timeout": 0.02}
+
+
 def test_a_required_replica_that_never_answers_means_not_done(
-    real_client: redis.Redis, clock: FakeClock
+    cache_factory: Callable[..., ContextCache], clock: FakeClock
 ) -> None:
-    cache = ContextCache.from_settings(
-        make_settings(invalidation_replicas="1", invalidation_wait_timeout=0.02),
-        clock=clock,
-        sleep=clock.sleep,
-    )
-    try:
-        assert cache.set_cached_full_context(PHONE, COMPANY, {"phone": PHONE})
-        assert cache.apply_invalidation(PHONE, COMPANY) is None  # WAIT 1 20 -> 0 replicas
-        assert cache.stats().unacknowledged == 1
-        assert cache.get_cached_full_context(PHONE, COMPANY) is None  # applied, just not safe
-    finally:
-        cache.close()
+    cache = cache_factory(**NO_REPLICA_ANSWERS, clock=clock)
+    assert cache.set_cached_full_context(PHONE, COMPANY, {"phone": PHONE})
+    assert cache.apply_invalidation(PHONE, COMPANY) is None  # WAIT 1 20 -> 0 replicas
+    assert cache.stats().unacknowledged == 1
+    assert cache.get_cached_full_context(PHONE, COMPANY) is None  # applied, just not safe
 
 
 def test_an_unacknowledged_safety_net_is_unavailable_so_the_task_retries(
-    real_client: redis.Redis, clock: FakeClock
+    cache_factory: Callable[..., ContextCache], clock: FakeClock
 ) -> None:
     from ctxcache.core.invalidation import EnsureOutcome
 
-    cache = ContextCache.from_settings(
-        make_settings(invalidation_replicas="1", invalidation_wait_timeout=0.02),
-        clock=clock,
-        sleep=clock.sleep,
-    )
-    try:
-        # No replica to acknowledge: not done, and the task raises (and retries) on this.
-        assert cache.ensure_invalidated(PHONE, COMPANY, None) is EnsureOutcome.UNAVAILABLE
-    finally:
-        cache.close()
+    cache = cache_factory(**NO_REPLICA_ANSWERS, clock=clock)
+    # No replica to acknowledge: not done, and the task raises (and retries) on this.
+    assert cache.ensure_invalidated(PHONE, COMPANY, None) is EnsureOutcome.UNAVAILABLE
 
 
 # -- Misconfiguration: an error at start-up naming the variable, or a doctor FAIL ---------
