@@ -74,6 +74,29 @@ class Backend:
     # Settings every cache on this backend gets on top of the test's own.
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def networked(
+        cls,
+        name: str,
+        admin: Any,
+        settings: CacheSettings,
+        dead: CacheSettings,
+        url: str,
+        overrides: dict[str, Any] | None = None,
+    ) -> Backend:
+        """A backend other processes reach at ``url``: clients from ``settings``, dead
+        ones from ``dead`` (settings naming a deployment that does not answer)."""
+        return cls(
+            name=name,
+            admin=admin,
+            connect=lambda: connect(settings),
+            connect_async=lambda: connect_async(settings),
+            connect_dead=lambda: connect(dead),
+            connect_dead_async=lambda: connect_async(dead),
+            url=url,
+            overrides=overrides or {},
+        )
+
 
 def closed_port() -> int:
     with socket.socket() as sock:
@@ -102,15 +125,7 @@ def standalone_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     dead = make_settings(redis_url=f"redis://127.0.0.1:{closed_port()}/0")
     admin = redis.Redis.from_url(TEST_REDIS_URL)
     clear_test_database(admin)
-    yield Backend(
-        name="redis",
-        admin=admin,
-        connect=lambda: connect(settings),
-        connect_async=lambda: connect_async(settings),
-        connect_dead=lambda: connect(dead),
-        connect_dead_async=lambda: connect_async(dead),
-        url=TEST_REDIS_URL,
-    )
+    yield Backend.networked("redis", admin, settings, dead, TEST_REDIS_URL)
     clear_test_database(admin)
     admin.close()
 
@@ -140,16 +155,7 @@ def cluster_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     settings = make_settings(redis_url=local.url, **HA_SETTINGS)
     dead = make_settings(redis_url=f"redis+cluster://127.0.0.1:{closed_port()}")
     admin = ClusterAdmin(connect(settings))
-    yield Backend(
-        name="cluster",
-        admin=admin,
-        connect=lambda: connect(settings),
-        connect_async=lambda: connect_async(settings),
-        connect_dead=lambda: connect(dead),
-        connect_dead_async=lambda: connect_async(dead),
-        url=local.url,
-        overrides=HA_SETTINGS,
-    )
+    yield Backend.networked("cluster", admin, settings, dead, local.url, HA_SETTINGS)
     local.flush()
     admin.close()
 
@@ -162,16 +168,7 @@ def sentinel_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     settings = make_settings(redis_url=local.url(), **HA_SETTINGS)
     dead = make_settings(redis_url=f"redis+sentinel://127.0.0.1:{closed_port()}/nobody")
     admin = connect(settings)
-    yield Backend(
-        name="sentinel",
-        admin=admin,
-        connect=lambda: connect(settings),
-        connect_async=lambda: connect_async(settings),
-        connect_dead=lambda: connect(dead),
-        connect_dead_async=lambda: connect_async(dead),
-        url=local.url(),
-        overrides=HA_SETTINGS,
-    )
+    yield Backend.networked("sentinel", admin, settings, dead, local.url(), HA_SETTINGS)
     local.flush()
     admin.close()
 
