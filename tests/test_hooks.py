@@ -89,10 +89,7 @@ def test_the_hook_applies_inline_and_queues_the_generation_it_produced(
 
 @pytest.mark.celery
 def test_redis_down_queues_the_first_versions_message(app: Celery, real_client: Any) -> None:
-    unreachable = dead_cache()
-    runtime.reset()
-    runtime.configure(cache=unreachable)
-    try:
+    with hooks_using(dead_cache()) as unreachable:
         outcome = booking_created("8 (900) 123-45-67", str(COMPANY), app=app)
         assert outcome is InvalidationOutcome.QUEUED_ONLY is InvalidationRoute.QUEUED
         assert (outcome.applied, outcome.queued) == (False, True)
@@ -102,24 +99,15 @@ def test_redis_down_queues_the_first_versions_message(app: Celery, real_client: 
             (INVALIDATE_TASK, [PHONE, COMPANY], {"generation": None, "sections": outright})
         ]
         assert unreachable.stats().hook_queued_only == 1
-    finally:
-        runtime.reset()
-        unreachable.close()
 
 
 @pytest.mark.celery
 def test_neither_redis_nor_the_broker_raises_and_counts_it(real_client: Any) -> None:
-    unreachable = dead_cache()
-    runtime.reset()
-    runtime.configure(cache=unreachable)
-    try:
+    with hooks_using(dead_cache()) as unreachable:
         dead_broker = create_app(broker_url=f"amqp://127.0.0.1:{free_port()}//")
         with pytest.raises(InvalidationFailedError, match=r"\+79\*+67 / 962302"):
             booking_cancelled(PHONE, COMPANY, app=dead_broker)
         assert unreachable.stats().hook_failed == 1
-    finally:
-        runtime.reset()
-        unreachable.close()
 
 
 @pytest.mark.celery
@@ -216,12 +204,11 @@ def test_an_invalidation_no_replica_acknowledged_is_queued_not_reported_done(
 ) -> None:
     # WAIT 1 on a server without replicas: applied on the primary, but not safe from a
     # failover, so the hook reports it queued (the worker retries until acknowledged).
-    unsafe = ContextCache.from_settings(
-        make_settings(invalidation_replicas="1", invalidation_wait_timeout=0.02)
-    )
-    runtime.reset()
-    runtime.configure(cache=unsafe)
-    try:
+    with hooks_using(
+        ContextCache.from_settings(
+            make_settings(invalidation_replicas="1", invalidation_wait_timeout=0.02)
+        )
+    ) as unsafe:
         outcome = booking_created(PHONE, COMPANY, app=app)
         assert outcome is InvalidationOutcome.QUEUED_ONLY
         outright = {"staffSchedules": None, "businessStats": None}
@@ -229,6 +216,3 @@ def test_an_invalidation_no_replica_acknowledged_is_queued_not_reported_done(
             (INVALIDATE_TASK, [PHONE, COMPANY], {"generation": None, "sections": outright})
         ]
         assert unsafe.stats().unacknowledged == 1
-    finally:
-        runtime.reset()
-        unsafe.close()
